@@ -1,0 +1,499 @@
+"""``serprep build``: corpus directory -> HDF5 feature store.
+
+Pipeline: read the corpus layout -> apply the versioned class map and subset -> plan folds,
+segment hops and augmentation copies -> decode + augment + extract features in parallel
+worker processes (joblib), in blocks of utterances -> one process (this one) writes the store
+in order, segments every item and accumulates per-speaker normalisation sums -> per-fold
+indices and statistics -> checksums -> atomic rename.
+
+Memory stays bounded: workers return one block at a time, at most ``2 * jobs`` blocks are in
+flight, and frames are appended to HDF5 in fixed-size buffers.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from . import __version__
+from .audio import audio_duration, load_audio
+from .balance import balanced_index, class_hops, copies_needed
+from .config import FeatureConfig, SegmentConfig
+from .corpora import Utterance, read_corpus
+from .errors import AudioError, SerprepError
+from .features import logmel_3ch
+from .folds import ResolvedFold, resolve_folds
+from .labels import CorpusSpec, load_spec
+from .segments import segment_offsets, valid_frames
+from .store import StoreWriter
+
+GENDERS = ("F", "M")
+
+
+@dataclass
+class BuildOptions:
+    """Everything ``serprep build`` needs; the CLI maps its flags onto this."""
+
+    corpus: str
+    root: Path
+    out: Path
+    classes: str | None = None
+    subset: str | None = None
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    segments: SegmentConfig = field(default_factory=SegmentConfig)
+    augment: str | None = None  # preset name or file
+    copies: int = 1  # augmented copies per utterance when augmenting without --balance
+    balance: bool = False
+    max_copies: int = 4
+    seed: int = 0
+    jobs: int = -1
+    strict: bool = False
+    overwrite: bool = False
+    progress: bool = True
+    task_timeout: float = 900.0
+    block_seconds: float = 60.0
+
+
+@dataclass
+class BuildSummary:
+    out: Path
+    n_utterances: int
+    n_labelled: int
+    n_extracted: int
+    n_items: int
+    n_segments: int
+    audio_seconds: float
+    wall_seconds: float
+    failures: list[tuple[str, str]]
+    fold_notes: list[str]
+    class_counts: dict[str, int]
+
+
+# --------------------------------------------------------------------------------------------
+# Worker side: runs in joblib processes; returns arrays, never touches the store.
+# --------------------------------------------------------------------------------------------
+@dataclass
+class _Task:
+    utt: int
+    utt_id: str
+    path: str
+    copies: int
+
+
+def extract_block(tasks: list[_Task], root: str, cfg: FeatureConfig, augment: str | None, seed: int) -> list[dict[str, Any]]:
+    """Decode, augment and featurise one block of utterances.
+
+    Never raises for a bad file: the error text is returned for the writer to record.
+    """
+    augmenter = None
+    if augment and any(t.copies for t in tasks):
+        from .augment import Augmenter, load_preset
+
+        augmenter = Augmenter(load_preset(augment), cfg.sample_rate)
+    results = []
+    for task in tasks:
+        entry: dict[str, Any] = {"utt": task.utt, "items": [], "error": None}
+        try:
+            audio = load_audio(Path(root) / task.path, cfg.sample_rate, name=task.path)
+            entry.update(sha256=audio.sha256, source_rate=audio.source_sample_rate,
+                         duration=len(audio.samples) / cfg.sample_rate)
+            entry["items"].append((0, logmel_3ch(audio.samples, cfg), ""))
+            for copy in range(1, task.copies + 1):
+                from .augment import copy_seed
+
+                samples, chain = augmenter.apply(audio.samples, copy_seed(seed, task.utt_id, copy))
+                entry["items"].append((copy, logmel_3ch(samples, cfg), json.dumps(chain, sort_keys=True)))
+        except AudioError as exc:
+            entry["error"] = str(exc)
+            entry["items"] = []
+        except Exception as exc:  # an unexpected failure still names the file
+            entry["error"] = f"{task.path}: {type(exc).__name__}: {exc}"
+            entry["items"] = []
+        results.append(entry)
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# Planning
+# --------------------------------------------------------------------------------------------
+def assign_classes(utts: list[Utterance], spec: CorpusSpec, classes: str, subset: str) -> list[str]:
+    """Class of each utterance under the chosen class set and subset ("" = not selected)."""
+    class_map = spec.class_map(classes)
+    column, values = spec.subset_filter(subset)
+    out = []
+    for u in utts:
+        in_subset = column is None or str(u.extras.get(column, "")) in values
+        out.append(class_map.get(u.emotion_raw, "") if in_subset else "")
+    return out
+
+
+def _estimated_segments(duration: float | None, cfg: FeatureConfig, seg: SegmentConfig, hop: int) -> int:
+    if not duration:
+        return 0
+    n = cfg.n_frames(int(round(duration * cfg.sample_rate)))
+    return len(segment_offsets(n, seg.frames, hop))
+
+
+def _blocks(tasks: list[_Task], durations: list[float], block_seconds: float) -> Iterator[list[_Task]]:
+    block: list[_Task] = []
+    seconds = 0.0
+    for task, dur in zip(tasks, durations):
+        block.append(task)
+        seconds += (dur or 1.0) * (1 + task.copies)
+        if seconds >= block_seconds:
+            yield block
+            block, seconds = [], 0.0
+    if block:
+        yield block
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "serprep": __version__}
+    for name in ("numpy", "scipy", "librosa", "soundfile", "soxr", "h5py", "audiomentations", "joblib"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Build
+# --------------------------------------------------------------------------------------------
+def build_store(opts: BuildOptions, log=print) -> BuildSummary:
+    """Build a store; raises :class:`SerprepError` (one-line message) on fatal problems."""
+    from joblib import Parallel, delayed
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    cfg, seg = opts.features, opts.segments
+    root = Path(opts.root)
+    out = Path(opts.out)
+    if out.exists() and not opts.overwrite:
+        raise SerprepError(f"{out}: already exists (use --overwrite to replace it)")
+    spec = load_spec(opts.corpus)
+    classes = opts.classes or spec.default_classes
+    subset = opts.subset or spec.default_subset
+    utts = read_corpus(opts.corpus, root)
+    emotion = assign_classes(utts, spec, classes, subset)
+    class_names = spec.class_names(classes)
+    labelled = [i for i, e in enumerate(emotion) if e]
+    if not labelled:
+        raise SerprepError(f"{root}: no utterance falls in class set {classes!r} / subset {subset!r}")
+
+    durations = [audio_duration(root / u.path) for u in utts]
+    speakers = sorted({u.speaker for u in utts})
+    speaker_id = {s: i for i, s in enumerate(speakers)}
+    class_id = {c: i for i, c in enumerate(class_names)}
+    labelled_speakers = {utts[i].speaker for i in labelled}
+
+    # Folds (all schemes of the manifest), resolved against the speakers present.
+    fold_sets: dict[str, list[ResolvedFold]] = {}
+    fold_notes: list[str] = []
+    for scheme in spec.folds:
+        resolved, notes = resolve_folds(spec.fold_definitions(scheme), labelled_speakers)
+        fold_notes += [f"{scheme} {n}" for n in notes]
+        if resolved:
+            fold_sets[scheme] = resolved
+
+    # Segment hops: denser for minority classes when balancing (whole-corpus class shares:
+    # the extra windows are training-only, so test utterances are never cut differently).
+    class_utts = {c: sum(1 for i in labelled if emotion[i] == c) for c in class_names}
+    hops = class_hops(class_utts, seg.hop, seg.min_hop) if opts.balance else {c: seg.hop for c in class_names}
+
+    # Augmentation copies per class: the most any fold's training part needs.
+    fold_copies: dict[tuple[str, int], dict[str, int]] = {}
+    copies_per_class = {c: 0 for c in class_names}
+    if opts.augment:
+        if opts.balance:
+            est = {i: _estimated_segments(durations[i], cfg, seg, hops[emotion[i]]) for i in labelled}
+            for scheme, folds in fold_sets.items():
+                for fold in folds:
+                    train = set(fold.train)
+                    counts = {c: 0.0 for c in class_names}
+                    for i in labelled:
+                        if utts[i].speaker in train:
+                            counts[emotion[i]] += est[i]
+                    need = copies_needed(counts, opts.max_copies)
+                    fold_copies[(scheme, fold.number)] = need
+                    for c, k in need.items():
+                        copies_per_class[c] = max(copies_per_class[c], k)
+        else:
+            copies_per_class = {c: opts.copies for c in class_names}
+
+    tasks = [_Task(i, utts[i].utt_id, utts[i].path, copies_per_class[emotion[i]]) for i in labelled]
+    blocks = list(_blocks(tasks, [durations[i] or 1.0 for i in labelled], opts.block_seconds))
+    jobs = os.cpu_count() or 1 if opts.jobs in (0, -1, None) else max(1, opts.jobs)
+    total_seconds = sum((durations[i] or 0.0) * (1 + copies_per_class[emotion[i]]) for i in labelled)
+    log(
+        f"{opts.corpus}: {len(utts)} utterances, {len(labelled)} in {classes}/{subset}; "
+        f"extracting {sum(1 + t.copies for t in tasks)} items ({total_seconds / 3600:.2f} h audio) "
+        f"with {jobs} job(s)"
+    )
+
+    n_utts = len(utts)
+    status = ["excluded"] * n_utts
+    sha = [""] * n_utts
+    source_rate = np.zeros(n_utts, dtype=np.int64)
+    n_orig_segments = np.zeros(n_utts, dtype=np.int64)
+    for i in labelled:
+        status[i] = "pending"
+    failures: list[tuple[str, str, str]] = []
+    seg_cols: dict[str, list[np.ndarray]] = {k: [] for k in ("item", "utt", "copy", "offset", "valid", "dense", "emotion", "gender", "speaker")}
+    n_mels = cfg.n_mels
+    spk_sum = np.zeros((len(speakers), 3, n_mels), dtype=np.float64)
+    spk_sumsq = np.zeros((len(speakers), 3, n_mels), dtype=np.float64)
+    spk_weight = np.zeros(len(speakers), dtype=np.float64)
+    audio_seconds = 0.0
+    n_items = 0
+
+    writer = StoreWriter(out, cfg, overwrite=opts.overwrite)
+    try:
+        parallel = Parallel(n_jobs=jobs, return_as="generator", pre_dispatch="2*n_jobs",
+                            timeout=opts.task_timeout if jobs > 1 else None)
+        results = parallel(delayed(extract_block)(b, str(root), cfg, opts.augment, opts.seed) for b in blocks)
+        bar = tqdm(total=len(tasks), unit="utt", desc="extracting", disable=not opts.progress,
+                   mininterval=0.5, file=sys.stderr, dynamic_ncols=True)
+        try:
+            for block_results in results:
+                for entry in block_results:
+                    i = entry["utt"]
+                    u = utts[i]
+                    if entry["error"]:
+                        if opts.strict:
+                            raise SerprepError(f"{entry['error']} (--strict: aborting; nothing written)")
+                        status[i] = "failed"
+                        failures.append((u.utt_id, u.path, entry["error"]))
+                        continue
+                    status[i] = "ok"
+                    sha[i] = entry["sha256"]
+                    source_rate[i] = entry["source_rate"]
+                    durations[i] = entry["duration"]
+                    c = emotion[i]
+                    for copy, feats, chain in entry["items"]:
+                        item, _ = writer.add_item(i, copy, feats, chain)
+                        n_items += 1
+                        audio_seconds += feats.shape[1] * cfg.hop_length / cfg.sample_rate
+                        offsets, dense = _item_offsets(feats.shape[1], seg, hops[c], copy)
+                        valid = valid_frames(feats.shape[1], offsets, seg.frames)
+                        if copy == 0:
+                            n_orig_segments[i] = int((~dense).sum())
+                        k = len(offsets)
+                        seg_cols["item"].append(np.full(k, item, np.int64))
+                        seg_cols["utt"].append(np.full(k, i, np.int64))
+                        seg_cols["copy"].append(np.full(k, copy, np.int32))
+                        seg_cols["offset"].append(offsets)
+                        seg_cols["valid"].append(valid.astype(np.int32))
+                        seg_cols["dense"].append(dense.astype(np.uint8))
+                        seg_cols["emotion"].append(np.full(k, class_id[c], np.int16))
+                        seg_cols["gender"].append(np.full(k, GENDERS.index(u.gender), np.int16))
+                        seg_cols["speaker"].append(np.full(k, speaker_id[u.speaker], np.int32))
+                        # Coverage-weighted sums: each frame counts once per segment that holds
+                        # it, so fold statistics equal statistics over the fold's segments.
+                        w = np.zeros(feats.shape[1], dtype=np.float64)
+                        for o, v in zip(offsets, valid):
+                            w[o : o + v] += 1.0
+                        s = speaker_id[u.speaker]
+                        f64 = feats.astype(np.float64)
+                        spk_sum[s] += np.einsum("t,ctm->cm", w, f64)
+                        spk_sumsq[s] += np.einsum("t,ctm->cm", w, f64 * f64)
+                        spk_weight[s] += w.sum()
+                    bar.update(1)
+        finally:
+            bar.close()
+
+        segs = {k: (np.concatenate(v) if v else np.zeros(0, np.int64)) for k, v in seg_cols.items()}
+        writer.write_table("segments", segs)
+
+        # Folds: indices, balanced sampling index, statistics.
+        utt_speaker = np.array([speaker_id[u.speaker] for u in utts], dtype=np.int64)
+        ok = np.array([s == "ok" for s in status])
+        rng_root = np.random.SeedSequence(opts.seed)
+        for scheme, folds in fold_sets.items():
+            for fold in folds:
+                _write_fold(writer, scheme, fold, segs, utt_speaker, ok, speaker_id, class_names,
+                            fold_copies.get((scheme, fold.number), copies_per_class),
+                            spk_sum, spk_sumsq, spk_weight,
+                            np.random.default_rng(rng_root.spawn(1)[0]))
+
+        # Manifest, vocabularies, failures.
+        columns: dict[str, list[Any]] = {
+            "utt_id": [u.utt_id for u in utts],
+            "corpus": [u.corpus for u in utts],
+            "session": [u.session for u in utts],
+            "speaker": [u.speaker for u in utts],
+            "gender": [u.gender for u in utts],
+            "emotion_raw": [u.emotion_raw for u in utts],
+            "emotion": emotion,
+            "duration": [float("nan") if d is None else float(d) for d in durations],
+            "path": [u.path for u in utts],
+            "status": status,
+            "n_segments": n_orig_segments.tolist(),
+            "audio_sha256": sha,
+            "source_rate": source_rate.tolist(),
+        }
+        extra_keys = sorted({k for u in utts for k in u.extras})
+        for key in extra_keys:
+            values = [u.extras.get(key) for u in utts]
+            if all(isinstance(v, (int, float)) or v is None for v in values):
+                columns[key] = [float("nan") if v is None else float(v) for v in values]
+            else:
+                columns[key] = ["" if v is None else str(v) for v in values]
+        writer.write_table("manifest", columns)
+        writer.write_table("vocab", {"emotion": class_names, "gender": list(GENDERS), "speaker": speakers})
+        writer.write_table("failures", {
+            "utt_id": [f[0] for f in failures], "path": [f[1] for f in failures], "error": [f[2] for f in failures]
+        } if failures else {"utt_id": np.array([], dtype=object), "path": np.array([], dtype=object), "error": np.array([], dtype=object)})
+
+        fingerprint = hashlib.sha256()
+        for u, digest in sorted(zip(utts, sha), key=lambda t: t[0].utt_id):
+            fingerprint.update(f"{u.utt_id}\t{u.emotion_raw}\t{u.path}\t{digest}\n".encode())
+        build_info = {
+            "classes": classes,
+            "subset": subset,
+            "label_manifest_version": spec.version,
+            "augment": _describe_augment(opts.augment),
+            "copies_per_class": copies_per_class,
+            "fold_copies": {f"{s}/{k}": v for (s, k), v in fold_copies.items()},
+            "balance": opts.balance,
+            "hops": hops,
+            "max_copies": opts.max_copies,
+            "seed": opts.seed,
+            "fold_notes": fold_notes,
+        }
+        writer.set_attrs(
+            corpus=opts.corpus,
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            versions=json.dumps(package_versions(), sort_keys=True),
+            segment_config=json.dumps(seg.to_dict(), sort_keys=True),
+            build=json.dumps(build_info, sort_keys=True),
+            label_manifest=json.dumps({"version": spec.version, "file": spec.path.name, "classes": spec.classes,
+                                       "subsets": spec.subsets, "folds": spec.folds}, sort_keys=True),
+            corpus_fingerprint=fingerprint.hexdigest(),
+        )
+        writer.finalize()
+    except BaseException as exc:
+        writer.abort()
+        if type(exc).__name__ in ("TerminatedWorkerError",):
+            raise SerprepError(f"a feature worker process died ({exc}); try --jobs 1 to see the failing file") from None
+        if isinstance(exc, TimeoutError):
+            raise SerprepError(f"a block of utterances took longer than --task-timeout {opts.task_timeout:.0f} s; nothing written") from None
+        raise
+
+    return BuildSummary(
+        out=out,
+        n_utterances=n_utts,
+        n_labelled=len(labelled),
+        n_extracted=int(ok.sum()),
+        n_items=n_items,
+        n_segments=len(segs["item"]),
+        audio_seconds=audio_seconds,
+        wall_seconds=time.perf_counter() - t0,
+        failures=[(f[1], f[2]) for f in failures],
+        fold_notes=fold_notes,
+        class_counts={c: sum(1 for i in labelled if emotion[i] == c and status[i] == "ok") for c in class_names},
+    )
+
+
+def _describe_augment(augment: str | None) -> Any:
+    if not augment:
+        return None
+    from .augment import load_preset
+
+    return {"preset": Path(augment).name if os.sep in augment or augment.endswith((".toml", ".yaml", ".yml")) else augment,
+            "spec": load_preset(augment)}
+
+
+def _item_offsets(n_frames: int, seg: SegmentConfig, class_hop: int, copy: int) -> tuple[np.ndarray, np.ndarray]:
+    """Window offsets of one item and which of them are extra (dense) windows.
+
+    Originals always get the base-hop windows (identical for every class, so evaluation never
+    depends on the label); a minority class adds its denser windows as ``dense``. Augmented
+    copies are training-only and use the class hop directly.
+    """
+    if copy > 0:
+        offsets = segment_offsets(n_frames, seg.frames, class_hop)
+        return offsets, np.zeros(len(offsets), dtype=bool)
+    base = segment_offsets(n_frames, seg.frames, seg.hop)
+    if class_hop >= seg.hop:
+        return base, np.zeros(len(base), dtype=bool)
+    extra = np.setdiff1d(segment_offsets(n_frames, seg.frames, class_hop), base)
+    offsets = np.concatenate([base, extra])
+    dense = np.concatenate([np.zeros(len(base), bool), np.ones(len(extra), bool)])
+    order = np.argsort(offsets, kind="stable")
+    return offsets[order], dense[order]
+
+
+def _write_fold(writer: StoreWriter, scheme: str, fold: ResolvedFold, segs: dict[str, np.ndarray],
+                utt_speaker: np.ndarray, ok: np.ndarray, speaker_id: dict[str, int], class_names: list[str],
+                copies: dict[str, int], spk_sum: np.ndarray, spk_sumsq: np.ndarray, spk_weight: np.ndarray,
+                rng: np.random.Generator) -> None:
+    part_ids = {name: np.array([speaker_id[s] for s in getattr(fold, name)], dtype=np.int64)
+                for name in ("train", "validation", "test")}
+    utt_part = {name: np.flatnonzero(ok & np.isin(utt_speaker, ids)) for name, ids in part_ids.items()}
+    seg_in = {name: np.isin(segs["speaker"], ids) for name, ids in part_ids.items()}
+    original = (segs["copy"] == 0) & (segs["dense"] == 0)
+    train_segments = np.flatnonzero(seg_in["train"])
+    validation_segments = np.flatnonzero(seg_in["validation"] & original)
+    test_segments = np.flatnonzero(seg_in["test"] & original)
+
+    # The balanced index may use only as many copies as THIS fold's training part needs.
+    max_copy = np.array([copies.get(c, 0) for c in class_names], dtype=np.int64)
+    eligible = train_segments[segs["copy"][train_segments] <= max_copy[segs["emotion"][train_segments]]]
+    by_class = {k: eligible[segs["emotion"][eligible] == k] for k in range(len(class_names))}
+    index = balanced_index(by_class, rng)
+
+    w = spk_weight[part_ids["train"]].sum()
+    if w <= 0:
+        raise SerprepError(f"fold {scheme}/{fold.number}: no training frames")
+    mean = spk_sum[part_ids["train"]].sum(axis=0) / w
+    var = spk_sumsq[part_ids["train"]].sum(axis=0) / w - mean**2
+    std = np.sqrt(np.maximum(var, 1e-12))
+
+    def per_class(ids: np.ndarray) -> dict[str, int]:
+        counts = np.bincount(segs["emotion"][ids], minlength=len(class_names))
+        return {c: int(n) for c, n in zip(class_names, counts)}
+
+    def by_gender(ids: np.ndarray) -> dict[str, dict[str, int]]:
+        return {g: per_class(ids[segs["gender"][ids] == gi]) for gi, g in enumerate(GENDERS)}
+
+    before = train_segments[original[train_segments]]
+    counts = {
+        "unit": "segments",
+        "before": per_class(before),
+        "available": per_class(eligible),
+        "after": per_class(index),
+        "before_by_gender": by_gender(before),
+        "after_by_gender": by_gender(index),
+        "validation": per_class(validation_segments),
+        "test": per_class(test_segments),
+        "copies": {c: int(copies.get(c, 0)) for c in class_names},
+    }
+    group = f"folds/{scheme}/{fold.number}"
+    arrays = {
+        "train_utts": utt_part["train"], "validation_utts": utt_part["validation"], "test_utts": utt_part["test"],
+        "train_segments": train_segments, "validation_segments": validation_segments,
+        "test_segments": test_segments, "balanced_index": index,
+        "norm_mean": mean.astype(np.float32), "norm_std": std.astype(np.float32),
+    }
+    for name, arr in arrays.items():
+        writer.write_array(f"{group}/{name}", arr)
+    writer.set_group_attrs(
+        group,
+        train_speakers=json.dumps(list(fold.train)),
+        validation_speakers=json.dumps(list(fold.validation)),
+        test_speakers=json.dumps(list(fold.test)),
+        counts=json.dumps(counts, sort_keys=True),
+    )

@@ -1,0 +1,142 @@
+"""The ``serprep`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .config import FeatureConfig, SegmentConfig
+from .errors import SerprepError
+
+CORPUS_NAMES = ("iemocap", "msp-improv")
+
+
+class _Group(click.Group):
+    """Turns :class:`SerprepError` into a one-line ``error:`` message and exit code 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SerprepError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="serprep")
+def main() -> None:
+    """Turn speech emotion corpora into self-describing HDF5 feature stores."""
+
+
+@main.command()
+@click.argument("corpus", type=click.Choice(CORPUS_NAMES))
+@click.option("--root", required=True, type=click.Path(path_type=Path), help="Corpus root (e.g. IEMOCAP_full_release/).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Store file to write (.h5).")
+@click.option("--classes", default=None, help="Class set from manifests/<corpus>.toml (default: the manifest's default, e.g. 4class-merged).")
+@click.option("--subset", default=None, help="Utterance subset, e.g. all, improvised, scripted.")
+@click.option("--n-mels", default=40, show_default=True, type=int, help="Mel bands.")
+@click.option("--segment-frames", default=300, show_default=True, type=int, help="Frames per segment.")
+@click.option("--segment-hop", default=150, show_default=True, type=int, help="Segment hop in frames.")
+@click.option("--augment", default=None, help="Augmentation preset name (manifests/augment/NAME.toml) or file.")
+@click.option("--copies", default=1, show_default=True, type=int, help="Augmented copies per utterance when augmenting without --balance.")
+@click.option("--balance/--no-balance", default=False, show_default=True, help="Balance emotion classes in training data (denser hop + augmented copies for minority classes).")
+@click.option("--max-copies", default=4, show_default=True, type=int, help="Most augmented copies per utterance when balancing.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed for augmentation and sampling indices.")
+@click.option("--jobs", "-j", default=-1, show_default=True, type=int, help="Worker processes (-1 = all cores).")
+@click.option("--strict", is_flag=True, help="Abort on the first unreadable audio file instead of skipping it.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@click.option("--task-timeout", default=900.0, show_default=True, type=float, help="Seconds a worker may spend on one block.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def build(corpus, root, out, classes, subset, n_mels, segment_frames, segment_hop, augment, copies, balance,
+          max_copies, seed, jobs, strict, overwrite, task_timeout, quiet) -> None:
+    """Build a feature store from a corpus directory.
+
+    \b
+    serprep build iemocap --root /data/IEMOCAP_full_release --out feats.h5
+    serprep build msp-improv --root /data/MSP-IMPROV --out msp.h5 --augment default --balance
+    """
+    from .build import BuildOptions, build_store
+
+    if segment_hop <= 0 or segment_frames <= 0:
+        raise click.BadParameter("segment frames and hop must be positive")
+    opts = BuildOptions(
+        corpus=corpus, root=root, out=out, classes=classes, subset=subset,
+        features=FeatureConfig(n_mels=n_mels),
+        segments=SegmentConfig(frames=segment_frames, hop=segment_hop, min_hop=min(50, segment_hop)),
+        augment=augment, copies=copies, balance=balance, max_copies=max_copies, seed=seed, jobs=jobs,
+        strict=strict, overwrite=overwrite, progress=not quiet, task_timeout=task_timeout,
+    )
+    s = build_store(opts, log=lambda m: click.echo(m, err=True))
+    click.echo(
+        f"wrote {s.out}: {s.n_extracted}/{s.n_labelled} utterances, {s.n_items} items, {s.n_segments} segments, "
+        f"{s.audio_seconds / 3600:.2f} h audio in {s.wall_seconds:.1f} s ({s.audio_seconds / max(s.wall_seconds, 1e-9):.0f}x real time)"
+    )
+    click.echo("classes: " + ", ".join(f"{c} {n}" for c, n in s.class_counts.items()))
+    if s.failures:
+        click.echo(f"skipped {len(s.failures)} unreadable file(s) (recorded in the store):")
+        for path, err in s.failures:
+            click.echo(f"  {err}")
+    for note in s.fold_notes:
+        click.echo(f"note: {note}")
+
+
+@main.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def info(store: Path, as_json: bool) -> None:
+    """Summarise a store: corpus, config, versions, counts, folds."""
+    from .info import format_summary, store_summary
+
+    s = store_summary(store)
+    click.echo(json.dumps(s, indent=2, sort_keys=True) if as_json else format_summary(s))
+
+
+@main.command()
+@click.argument("store", type=click.Path(path_type=Path))
+def verify(store: Path) -> None:
+    """Re-check every checksum; exit 1 if anything is damaged."""
+    from .store import verify as verify_store
+
+    problems = verify_store(store)
+    if problems:
+        for p in problems:
+            click.echo(f"error: {p}", err=True)
+        sys.exit(1)
+    from .store import iter_dataset_names
+
+    click.echo(f"{store}: OK ({sum(1 for _ in iter_dataset_names(store))} datasets verified)")
+
+
+@main.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="CSV file to write.")
+def manifest(store: Path, out: Path) -> None:
+    """Export the utterance table as CSV."""
+    from .store import StoreReader
+
+    df = StoreReader(store).manifest()
+    df.to_csv(out, index=False)
+    click.echo(f"wrote {out}: {len(df)} utterances, {len(df.columns)} columns")
+
+
+@main.command("demo-corpus")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder to write (IEMOCAP_full_release layout).")
+@click.option("--hours", default=0.5, show_default=True, type=float, help="Total audio duration.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--overwrite", is_flag=True, help="Write into a non-empty folder.")
+def demo_corpus(out: Path, hours: float, seed: int, overwrite: bool) -> None:
+    """Write a synthetic speech-like corpus in the IEMOCAP layout (no download)."""
+    from .demo import write_demo_corpus
+
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise SerprepError(f"{out}: folder exists and is not empty (use --overwrite)")
+    s = write_demo_corpus(out, hours=hours, seed=seed, progress=True)
+    click.echo(f"wrote {out}: {s.get('n_utterances')} utterances, {s.get('total_seconds', 0) / 60:.1f} min of audio")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Human and JSON summaries of a store (``serprep info``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .store import StoreReader
+
+
+def store_summary(path: str | Path) -> dict[str, Any]:
+    """Everything ``serprep info`` shows, as plain JSON-able data."""
+    r = StoreReader(path)
+    manifest = r.manifest()
+    segs = r.segments()
+    build = r.build
+    ok = manifest["status"] == "ok"
+    emotions = r.vocab("emotion")
+    summary: dict[str, Any] = {
+        "file": str(Path(path).name),
+        "size_bytes": Path(path).stat().st_size,
+        "schema_version": r.attrs["schema_version"],
+        "corpus": r.corpus,
+        "created": r.attrs.get("created"),
+        "corpus_fingerprint": r.fingerprint,
+        "versions": json.loads(r.attrs.get("versions", "{}")),
+        "feature_config": r.feature_config.to_dict(),
+        "segment_config": r.segment_config.to_dict(),
+        "build": {k: v for k, v in build.items() if k != "augment"} | {
+            "augment": None if not build.get("augment") else build["augment"].get("preset")},
+        "utterances": {
+            "total": int(len(manifest)),
+            "selected": int((manifest["emotion"] != "").sum()),
+            "extracted": int(ok.sum()),
+            "failed": int((manifest["status"] == "failed").sum()),
+            "hours": float(np.nansum(manifest.loc[ok, "duration"]) / 3600.0),
+            "by_class": {c: int(((manifest["emotion"] == c) & ok).sum()) for c in emotions},
+            "by_gender": {g: int(((manifest["gender"] == g) & ok).sum()) for g in ("F", "M")},
+            "speakers": int(manifest.loc[ok, "speaker"].nunique()),
+            "sessions": int(manifest.loc[ok, "session"].nunique()),
+        },
+        "segments": {
+            "total": int(len(segs)),
+            "original": int(((segs["copy"] == 0) & ~segs["dense"]).sum()),
+            "dense": int(segs["dense"].sum()),
+            "augmented": int((segs["copy"] > 0).sum()),
+        },
+        "frames": int(r.n_frames_total),
+        "failures": r.failures().to_dict(orient="records"),
+        "folds": {},
+    }
+    for scheme in r.fold_schemes():
+        folds = []
+        for k in r.fold_ids(scheme):
+            f = r.fold(scheme, k)
+            folds.append({
+                "fold": k,
+                "test_speakers": f.test_speakers,
+                "validation_speakers": f.validation_speakers,
+                "n_train_speakers": len(f.train_speakers),
+                "utterances": {"train": len(f.train_utts), "validation": len(f.validation_utts), "test": len(f.test_utts)},
+                "counts": f.counts,
+            })
+        summary["folds"][scheme] = folds
+    return summary
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """The human-readable ``serprep info`` text."""
+    u, seg, fc, b = s["utterances"], s["segments"], s["feature_config"], s["build"]
+    lines = [
+        f"{s['file']}: serprep store, schema {s['schema_version']}, {s['size_bytes'] / 2**20:.1f} MiB",
+        f"  corpus        {s['corpus']} (fingerprint {s['corpus_fingerprint'][:16]}...)",
+        f"  created       {s['created']} with serprep {s['versions'].get('serprep')}, librosa {s['versions'].get('librosa')}, h5py {s['versions'].get('h5py')}",
+        f"  labels        {b.get('classes')} / subset {b.get('subset')} (label manifest v{b.get('label_manifest_version')})",
+        f"  features      log-Mel {fc['n_mels']} x 3 channels, {fc['sample_rate']} Hz, win {fc['win_length']} hop {fc['hop_length']} n_fft {fc['n_fft']}, pre-emphasis {fc['preemphasis']}",
+        f"  segments      {s['segment_config']['frames']} frames, hop {s['segment_config']['hop']}"
+        + (f"; class hops {b.get('hops')}" if b.get("balance") else ""),
+        f"  augmentation  {b.get('augment') or 'none'}; balance {'on' if b.get('balance') else 'off'}; seed {b.get('seed')}",
+        f"  utterances    {u['total']} in corpus, {u['selected']} selected, {u['extracted']} extracted, {u['failed']} failed; {u['hours']:.2f} h",
+        "  classes       " + ", ".join(f"{c} {n}" for c, n in u["by_class"].items()),
+        f"  speakers      {u['speakers']} in {u['sessions']} sessions; F {u['by_gender']['F']} / M {u['by_gender']['M']} utterances",
+        f"  segment rows  {seg['total']} ({seg['original']} original, {seg['dense']} dense-hop, {seg['augmented']} augmented); {s['frames']} frames",
+    ]
+    if s["failures"]:
+        lines.append(f"  skipped files {len(s['failures'])}:")
+        lines += [f"    {f['path']}: {f['error'].split(': ', 1)[-1]}" for f in s["failures"]]
+    for scheme, folds in s["folds"].items():
+        classes = list(u["by_class"])
+        lines.append(f"  folds {scheme} ({len(folds)}): training segments per class, before -> after balancing")
+        for f in folds:
+            c = f["counts"]
+            pairs = ", ".join(f"{k} {c['before'].get(k, 0)}->{c['after'].get(k, 0)}" for k in classes)
+            lines.append(
+                f"    {f['fold']:>2} test {'+'.join(f['test_speakers'])}, val {'+'.join(f['validation_speakers']) or '-'}"
+                f" | utts {f['utterances']['train']}/{f['utterances']['validation']}/{f['utterances']['test']} | {pairs}"
+            )
+    if b.get("fold_notes"):
+        lines += [f"  note: {n}" for n in b["fold_notes"]]
+    return "\n".join(lines)

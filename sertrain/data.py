@@ -1,0 +1,230 @@
+"""Torch data pipeline over a serprep store (:class:`serprep.store.StoreReader`).
+
+Why it is shaped this way:
+
+- One HDF5 read per minibatch. A batch sampler yields *lists* of segment ids, sorted so the
+  read walks the file forwards; :class:`SegmentBatchDataset` takes such a list in
+  ``__getitem__`` and calls ``reader.read_segments`` once. The DataLoader runs with
+  ``batch_size=None`` (no per-item collation).
+- Workers each get their own file handle: the reader opens lazily and re-opens after a fork,
+  so the dataset can be pickled/forked into DataLoader workers as is.
+- Training draws from the fold's ``balanced_index`` (each emotion class equally often,
+  training speakers' originals and augmented copies only), reshuffled every epoch with a
+  generator seeded from (seed, epoch) so a run, and a resumed run, see the same batches.
+- Normalisation uses the fold's statistics (training segments only): z-score per channel and
+  mel bin on valid frames; padded frames stay exactly 0. The same function serves
+  ``predict`` with the stats stored in the checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .errors import InputError
+
+#: Floor for the per-bin standard deviation (a constant bin must not divide by zero).
+STD_FLOOR = 1e-5
+
+
+def normalize(x: torch.Tensor, valid: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Z-score ``x`` ``[B, C, T, M]`` per channel and mel bin; frames ``>= valid`` set to 0.
+
+    ``mean``/``std`` are ``[C, M]`` (the fold's training statistics).
+    """
+    x = (x - mean[None, :, None, :]) / std.clamp_min(STD_FLOOR)[None, :, None, :]
+    mask = torch.arange(x.shape[2])[None, :] < valid[:, None]
+    return x * mask[:, None, :, None].to(x.dtype)
+
+
+@dataclass
+class SegmentLabels:
+    """Per-segment label arrays of a store (row = segment id), kept in RAM (a few MB)."""
+
+    utt: np.ndarray  # int64 utterance index
+    emotion: np.ndarray  # int64 class id, -1 = outside the chosen classes
+    gender: np.ndarray  # int64 gender id
+    speaker: np.ndarray  # int64 global speaker id
+
+    @classmethod
+    def from_reader(cls, reader: Any) -> "SegmentLabels":
+        seg = reader.segments()
+        return cls(
+            utt=seg["utt"].to_numpy(np.int64),
+            emotion=seg["emotion"].to_numpy(np.int64),
+            gender=seg["gender"].to_numpy(np.int64),
+            speaker=seg["speaker"].to_numpy(np.int64),
+        )
+
+
+def speaker_map(speaker_vocab: Sequence[str], train_speakers: Sequence[str]) -> np.ndarray:
+    """Global speaker id -> index among the fold's training speakers (-1 = not a training speaker).
+
+    The speaker head only knows training speakers; the others are ignored by its loss.
+    """
+    index = {s: i for i, s in enumerate(train_speakers)}
+    return np.array([index.get(s, -1) for s in speaker_vocab], dtype=np.int64)
+
+
+class SegmentBatchDataset(Dataset):
+    """``dataset[list_of_segment_ids]`` -> one normalised minibatch (a dict of tensors).
+
+    Keys: ``x`` float32 ``[B, 3, frames, n_mels]``, ``valid`` int64 ``[B]``, ``emotion``,
+    ``gender``, ``speaker`` (fold-local, -1 for non-training speakers), ``segment``, ``utt``.
+    """
+
+    def __init__(
+        self,
+        reader: Any,
+        labels: SegmentLabels,
+        norm_mean: np.ndarray,
+        norm_std: np.ndarray,
+        speaker_ids: np.ndarray,
+    ):
+        self.reader = reader
+        self.labels = labels
+        self.mean = torch.as_tensor(np.asarray(norm_mean, dtype=np.float32))
+        self.std = torch.as_tensor(np.asarray(norm_std, dtype=np.float32))
+        self.speaker_ids = np.asarray(speaker_ids, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels.utt)
+
+    def __getitem__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        idx = np.asarray(indices, dtype=np.int64)
+        x, valid = self.reader.read_segments(idx)  # one read for the whole batch
+        x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        valid_t = torch.from_numpy(np.asarray(valid, dtype=np.int64))
+        spk = self.labels.speaker[idx]
+        return {
+            "x": normalize(x, valid_t, self.mean, self.std),
+            "valid": valid_t,
+            "emotion": torch.from_numpy(self.labels.emotion[idx]),
+            "gender": torch.from_numpy(self.labels.gender[idx]),
+            "speaker": torch.from_numpy(self.speaker_ids[spk]),
+            "segment": torch.from_numpy(idx),
+            "utt": torch.from_numpy(self.labels.utt[idx]),
+        }
+
+
+class BalancedBatchSampler(Sampler[list[int]]):
+    """Yields sorted lists of segment ids drawn from a fold's ``balanced_index``.
+
+    Each epoch permutes the index with ``torch.Generator().manual_seed(seed, epoch)``-style
+    seeding (see :meth:`permutation`), so the order depends only on (seed, epoch): a resumed
+    run replays exactly the batches of an uninterrupted one. ``steps_per_epoch = 0`` makes
+    one pass (the last short batch kept if it has at least 2 segments, since batch norm needs
+    more than one sample); otherwise exactly that many batches, re-permuting when the index
+    runs out. Call :meth:`set_epoch` before iterating.
+    """
+
+    def __init__(self, index: np.ndarray, batch_size: int, seed: int, steps_per_epoch: int = 0):
+        self.index = np.asarray(index, dtype=np.int64)
+        if self.index.size == 0:
+            raise InputError("the fold's balanced training index is empty")
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def permutation(self, epoch: int, round_: int = 0) -> np.ndarray:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 1_009 + round_)
+        return self.index[torch.randperm(len(self.index), generator=g).numpy()]
+
+    def __len__(self) -> int:
+        if self.steps_per_epoch:
+            return self.steps_per_epoch
+        full, rest = divmod(len(self.index), self.batch_size)
+        return full + (1 if rest >= 2 else 0)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        n_batches = len(self)
+        order = self.permutation(self.epoch)
+        pos, round_ = 0, 0
+        for _ in range(n_batches):
+            if self.steps_per_epoch and pos + self.batch_size > len(order):
+                round_ += 1
+                order = np.concatenate([order[pos:], self.permutation(self.epoch, round_)])
+                pos = 0
+            batch = order[pos : pos + self.batch_size]
+            pos += self.batch_size
+            # Sorted: h5py reads increasing indices in one forward pass.
+            yield np.sort(batch).tolist()
+
+
+class SequentialBatchSampler(Sampler[list[int]]):
+    """Consecutive sorted blocks of ``indices`` (evaluation: every segment once, in order)."""
+
+    def __init__(self, indices: np.ndarray, batch_size: int):
+        self.indices = np.sort(np.asarray(indices, dtype=np.int64))
+        self.batch_size = int(batch_size)
+
+    def __len__(self) -> int:
+        return (len(self.indices) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for start in range(0, len(self.indices), self.batch_size):
+            yield self.indices[start : start + self.batch_size].tolist()
+
+
+def make_loader(
+    dataset: SegmentBatchDataset,
+    sampler: Sampler[list[int]],
+    num_workers: int,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """DataLoader yielding whole batches (``batch_size=None``: the sampler's lists go straight
+    to ``dataset.__getitem__``). Workers are persistent so each keeps its open file between
+    epochs; an explicit generator keeps the loader from consuming the global torch RNG (which
+    drives dropout and must replay identically on resume)."""
+    kwargs: dict[str, Any] = {}
+    if num_workers > 0:
+        kwargs.update(persistent_workers=True, prefetch_factor=4)
+    return DataLoader(
+        dataset,
+        sampler=sampler,
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(0),
+        **kwargs,
+    )
+
+
+def open_store(path: str | Path) -> Any:
+    """Open a store with :class:`serprep.store.StoreReader`; a missing file is an :class:`InputError`."""
+    from serprep.store import StoreReader  # imported late: the CLI's --help must not need h5py
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: store not found")
+    return StoreReader(p)
+
+
+def resolve_fold(reader: Any, scheme: str, fold: int, store_name: str) -> Any:
+    """The store's :class:`Fold` ``fold`` of ``scheme``, with one-line errors for a store
+    without folds, an unknown scheme or a fold number out of range."""
+    ids = fold_ids(reader, scheme, store_name)
+    if fold not in ids:
+        raise InputError(
+            f"{store_name}: fold {fold} does not exist in scheme {scheme!r} (folds {min(ids)}..{max(ids)})"
+        )
+    return reader.fold(scheme, fold)
+
+
+def fold_ids(reader: Any, scheme: str, store_name: str) -> list[int]:
+    """All fold numbers of ``scheme`` (same errors as :func:`resolve_fold`)."""
+    schemes = list(reader.fold_schemes())
+    if not schemes:
+        raise InputError(f"{store_name}: store has no folds (build it with folds to train or evaluate)")
+    if scheme not in schemes:
+        raise InputError(f"{store_name}: no fold scheme {scheme!r} (store has: {', '.join(schemes)})")
+    return [int(i) for i in reader.fold_ids(scheme)]

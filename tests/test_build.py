@@ -1,0 +1,219 @@
+"""`serprep build` end to end on the tiny fixtures: manifest, segments, features, folds, safety."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from serprep.audio import load_audio
+from serprep.config import FeatureConfig
+from serprep.errors import SerprepError
+from serprep.features import logmel_3ch
+from serprep.segments import segment_offsets
+from serprep.store import StoreReader, verify
+from store_fixtures import build
+
+MERGED = {"ang": "ang", "hap": "hap", "exc": "hap", "neu": "neu", "sad": "sad"}
+
+
+@pytest.fixture(scope="module")
+def iemocap_store(iemocap_root, tmp_path_factory):
+    root, truth = iemocap_root
+    out = tmp_path_factory.mktemp("stores") / "iemocap.h5"
+    summary = build("iemocap", root, out)
+    return out, summary, truth
+
+
+def test_manifest_keeps_every_utterance_with_mapped_classes(iemocap_store):
+    out, summary, truth = iemocap_store
+    m = StoreReader(out).manifest()
+    assert len(m) == len(truth) == summary.n_utterances
+    t = {d["utt_id"]: d for d in truth}
+    for row in m.itertuples():
+        d = t[row.utt_id]
+        assert (row.speaker, row.gender, row.session, row.emotion_raw) == (d["speaker"], d["gender"], d["session"], d["emotion_raw"])
+        assert row.emotion == MERGED.get(d["emotion_raw"], "")  # exc merged into hap; others kept, empty
+        assert row.path == d["path"] and not row.path.startswith("/")
+    labelled = [d for d in truth if d["emotion_raw"] in MERGED]
+    assert summary.n_labelled == len(labelled)
+    assert summary.n_extracted == len([d for d in labelled if not d["corrupt"]])
+    assert set(m.loc[m.emotion == "", "status"]) == {"excluded"}
+    assert list(m.columns[:9]) == ["utt_id", "corpus", "session", "speaker", "gender", "emotion_raw", "emotion", "duration", "path"]
+
+
+def test_corrupt_files_are_skipped_and_recorded(iemocap_store):
+    out, summary, truth = iemocap_store
+    corrupt = {d["path"] for d in truth if d["corrupt"] and d["emotion_raw"] in MERGED}
+    assert corrupt, "fixture must hold a corrupt labelled file"
+    r = StoreReader(out)
+    failures = r.failures()
+    assert set(failures["path"]) == corrupt
+    assert all(p in e for p, e in zip(failures["path"], failures["error"]))
+    assert any("empty file" in e for e in failures["error"])
+    m = r.manifest().set_index("path")
+    assert set(m.loc[sorted(corrupt), "status"]) == {"failed"}
+
+
+def test_segments_and_features_match_a_direct_computation(iemocap_store, iemocap_root):
+    out, _, truth = iemocap_store
+    root, _ = iemocap_root
+    r = StoreReader(out)
+    m = r.manifest()
+    segs = r.segments()
+    cfg = FeatureConfig()
+    ok = m.index[m.status == "ok"]
+    assert set(segs.utt) == set(ok)
+    for i in ok[:12]:
+        feats = logmel_3ch(load_audio(root / m.path[i], 16000).samples, cfg)
+        mine = segs[segs.utt == i]
+        offsets = segment_offsets(feats.shape[1], 300, 150)
+        assert mine.offset.tolist() == offsets.tolist()
+        x, valid = r.read_segments(mine.index.to_numpy())
+        for k, o in enumerate(offsets):
+            v = min(300, feats.shape[1] - o)
+            assert valid[k] == v
+            np.testing.assert_array_equal(x[k, :, :v], feats[:, o : o + v])
+            assert not x[k, :, v:].any()  # zero padding
+        assert m.n_segments[i] == len(offsets)
+    # Short (200-sample) and exact 3 s utterances.
+    n_samples = {d["utt_id"]: d["n_samples"] for d in truth}
+    lengths = {u: segs.valid[segs.utt == i].tolist() for i, u in zip(m.index, m.utt_id) if i in set(ok)}
+    short = [u for u, n in n_samples.items() if n == 200 and u in lengths]
+    exact = [u for u, n in n_samples.items() if n == 48000 and u in lengths]
+    for u in short:
+        assert lengths[u] == [2]
+    for u in exact:
+        assert lengths[u] == [300, 300]  # 301 frames with centring: last window aligned to the end
+
+
+def test_read_segments_keeps_requested_order(iemocap_store):
+    out, _, _ = iemocap_store
+    r = StoreReader(out)
+    n = r.n_segments
+    idx = np.array([n - 1, 0, n // 2, 0, 3])
+    x, valid = r.read_segments(idx)
+    for k, i in enumerate(idx):
+        xi, vi = r.read_segments([i])
+        np.testing.assert_array_equal(x[k], xi[0])
+        assert valid[k] == vi[0]
+
+
+def test_folds_are_speaker_independent_and_cover_all_speakers(iemocap_store):
+    out, _, _ = iemocap_store
+    r = StoreReader(out)
+    m = r.manifest()
+    segs = r.segments()
+    assert r.fold_schemes() == ["loso", "loso-speaker"]
+    assert r.fold_ids("loso") == [1, 2, 3, 4, 5] and len(r.fold_ids("loso-speaker")) == 10
+    for scheme in r.fold_schemes():
+        for k in r.fold_ids(scheme):
+            f = r.fold(scheme, k)
+            parts = {name: set(m.speaker[getattr(f, f"{name}_utts")]) for name in ("train", "validation", "test")}
+            assert not parts["train"] & parts["test"] and not parts["train"] & parts["validation"]
+            assert not parts["validation"] & parts["test"]
+            assert parts["test"] == set(f.test_speakers)
+            assert set(m.speaker[segs.utt[f.train_segments]]) <= set(f.train_speakers)
+            assert f.norm_mean.shape == f.norm_std.shape == (3, 40)
+        if scheme == "loso":
+            tested = [s for k in r.fold_ids(scheme) for s in r.fold(scheme, k).test_speakers]
+            assert sorted(tested) == sorted(set(m.speaker))  # every speaker tested exactly once
+
+
+def test_store_records_config_versions_and_checksums(iemocap_store):
+    out, _, _ = iemocap_store
+    with h5py.File(out, "r") as f:
+        assert f.attrs["format"] == "serprep-store" and f.attrs["schema_version"] == 1
+        assert json.loads(f.attrs["feature_config"])["n_mels"] == 40
+        versions = json.loads(f.attrs["versions"])
+        assert {"serprep", "librosa", "h5py", "numpy"} <= set(versions)
+        checksums = json.loads(f.attrs["checksums"])
+        assert "features" in checksums and "manifest/utt_id" in checksums
+        assert len(f.attrs["corpus_fingerprint"]) == 64
+        assert f["features"].chunks is not None and f["features"].compression is None
+        # No absolute paths anywhere in the metadata.
+        for key, value in f.attrs.items():
+            assert str(out.parent) not in str(value), key
+    assert verify(out) == []
+
+
+def test_moved_store_stays_valid(iemocap_store, tmp_path):
+    out, _, _ = iemocap_store
+    moved = tmp_path / "elsewhere" / "copy.h5"
+    moved.parent.mkdir()
+    shutil.copy(out, moved)
+    assert verify(moved) == []
+    a, b = StoreReader(out), StoreReader(moved)
+    np.testing.assert_array_equal(a.read_segments([0, 5])[0], b.read_segments([0, 5])[0])
+
+
+def test_verify_detects_damage(iemocap_store, tmp_path):
+    out, _, _ = iemocap_store
+    damaged = tmp_path / "damaged.h5"
+    shutil.copy(out, damaged)
+    with h5py.File(damaged, "r+") as f:
+        f["features"][10, 0, 0] += 1.0
+        f["segments/valid"][0] = 1
+    problems = verify(damaged)
+    assert any("/features checksum mismatch" in p for p in problems)
+    assert any("/segments/valid checksum mismatch" in p for p in problems)
+
+
+def test_same_input_same_store_content(iemocap_root, iemocap_store, tmp_path):
+    root, _ = iemocap_root
+    out, _, _ = iemocap_store
+    again = tmp_path / "again.h5"
+    build("iemocap", root, again, jobs=2)  # parallel path gives the same bytes as jobs=1
+    with h5py.File(out, "r") as a, h5py.File(again, "r") as b:
+        assert json.loads(a.attrs["checksums"]) == json.loads(b.attrs["checksums"])
+        assert a.attrs["corpus_fingerprint"] == b.attrs["corpus_fingerprint"]
+
+
+def test_strict_aborts_and_leaves_nothing(iemocap_root, tmp_path):
+    root, _ = iemocap_root
+    out = tmp_path / "strict.h5"
+    with pytest.raises(SerprepError, match=r"Session\d/sentences/wav/.*\.wav: .*--strict"):
+        build("iemocap", root, out, strict=True)
+    assert list(tmp_path.iterdir()) == []  # neither the store nor its temporary file
+
+
+def test_existing_output_is_refused_unless_overwrite(iemocap_store, iemocap_root):
+    out, _, _ = iemocap_store
+    root, _ = iemocap_root
+    with pytest.raises(SerprepError, match="already exists .*--overwrite"):
+        build("iemocap", root, out)
+
+
+def test_class_set_and_subset_options(iemocap_root, tmp_path):
+    root, truth = iemocap_root
+    out = tmp_path / "impro.h5"
+    build("iemocap", root, out, classes="4class", subset="improvised")
+    m = StoreReader(out).manifest()
+    for row in m.itertuples():
+        d = next(t for t in truth if t["utt_id"] == row.utt_id)
+        expected = d["emotion_raw"] if d["emotion_raw"] in ("ang", "hap", "neu", "sad") and d["mode"] == "improvised" else ""
+        assert row.emotion == expected
+    assert StoreReader(out).vocab("emotion") == ["ang", "hap", "neu", "sad"]
+
+
+def test_msp_improv_store(msp_root, tmp_path):
+    root, truth = msp_root
+    out = tmp_path / "msp.h5"
+    summary = build("msp-improv", root, out)
+    r = StoreReader(out)
+    m = r.manifest()
+    assert len(m) == len(truth)
+    four = {"A": "ang", "H": "hap", "S": "sad", "N": "neu"}
+    assert [four.get(c, "") for c in m.emotion_raw] == m.emotion.tolist()
+    assert r.fold_ids("loso") == [1, 2, 3, 4, 5, 6]
+    # The 44.1 kHz file was resampled to 16 kHz: duration agrees with the truth.
+    t = {d["utt_id"]: d for d in truth}
+    resampled = [d for d in truth if d["sample_rate"] != 16000 and not d["corrupt"] and d["emotion_raw"] in four]
+    for d in resampled:
+        row = m[m.utt_id == d["utt_id"]].iloc[0]
+        assert row.source_rate == d["sample_rate"]
+        assert row.duration == pytest.approx(d["n_samples"] / d["sample_rate"], abs=1e-3)
+    assert summary.failures and verify(out) == []
