@@ -7,6 +7,7 @@ speakers' originals and their augmented copies.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Mapping
 
@@ -29,39 +30,54 @@ def class_hops(counts: Mapping[str, int], base_hop: int, min_hop: int) -> dict[s
     return hops
 
 
-def copies_needed(counts: Mapping[str, float], max_copies: int) -> dict[str, int]:
-    """Augmented copies per utterance that bring each class up to the majority count.
+def copy_rates(counts: Mapping[str, float], max_copies: int) -> dict[str, float]:
+    """Augmented copies per utterance (fractional) that bring each class up to the majority.
 
-    ``copies_c = min(max_copies, ceil(n_max / n_c) - 1)``; a class with no data gets 0.
+    ``rate_c = min(max_copies, n_max / n_c - 1)``; a class with no data gets 0. A rate of 1.4
+    means every utterance of the class gets one copy and 40 % of them a second one.
     """
     present = [n for n in counts.values() if n > 0]
     if not present:
-        return {c: 0 for c in counts}
+        return {c: 0.0 for c in counts}
     n_max = max(present)
-    return {
-        c: 0 if n <= 0 else int(min(max_copies, max(0, math.ceil(n_max / n - 1e-9) - 1)))
-        for c, n in counts.items()
-    }
+    return {c: 0.0 if n <= 0 else float(min(max_copies, max(0.0, n_max / n - 1.0))) for c, n in counts.items()}
 
 
-def balanced_index(segments_by_class: Mapping[int, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+def utterance_copies(rate: float, seed: int, utt_id: str) -> int:
+    """How many copies one utterance gets at ``rate``: floor(rate), plus one for a stable,
+    seeded ``frac(rate)`` share of the utterances (chosen by hashing the utterance id)."""
+    whole = int(math.floor(rate + 1e-9))
+    frac = rate - whole
+    if frac <= 1e-9:
+        return whole
+    digest = hashlib.sha256(f"{seed}\0{utt_id}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2.0**64
+    return whole + (1 if u < frac else 0)
+
+
+def balanced_index(originals_by_class: Mapping[int, np.ndarray], copies_by_class: Mapping[int, np.ndarray],
+                   rng: np.random.Generator) -> np.ndarray:
     """Segment ids that draw every class equally often.
 
-    Each class contributes all its segments, topped up to the largest class's count by a
-    seeded draw with replacement (without replacement while it has enough distinct ones).
+    The target is the largest class's count of original segments (dense-hop windows
+    included). Each class contributes all its originals, then a seeded draw of its augmented
+    copies' segments (without replacement) up to the target, then repeats if still short.
     Classes with no segments are left out.
     """
-    pools = {c: np.asarray(s, dtype=np.int64) for c, s in segments_by_class.items() if len(s) > 0}
-    if not pools:
+    classes = [c for c in originals_by_class if len(originals_by_class[c]) > 0]
+    if not classes:
         return np.zeros(0, dtype=np.int64)
-    target = max(len(s) for s in pools.values())
+    target = max(len(originals_by_class[c]) for c in classes)
     parts = []
-    for c in sorted(pools):
-        pool = pools[c]
+    for c in sorted(classes):
+        pool = np.asarray(originals_by_class[c], dtype=np.int64)
+        copies = np.asarray(copies_by_class.get(c, np.zeros(0)), dtype=np.int64)
+        take = min(max(0, target - len(pool)), len(copies))
+        if take:
+            pool = np.concatenate([pool, rng.choice(copies, size=take, replace=False)])
         deficit = target - len(pool)
         if deficit > 0:
             whole, rest = divmod(deficit, len(pool))
-            extra = [np.tile(pool, whole), rng.choice(pool, size=rest, replace=False)]
-            pool = np.concatenate([pool, *extra])
+            pool = np.concatenate([pool, np.tile(pool, whole), rng.choice(pool, size=rest, replace=False)])
         parts.append(np.sort(pool))
     return np.concatenate(parts)

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import __version__
 from .audio import audio_duration, load_audio
-from .balance import balanced_index, class_hops, copies_needed
+from .balance import balanced_index, class_hops, copy_rates, utterance_copies
 from .config import FeatureConfig, SegmentConfig
 from .corpora import Utterance, read_corpus
 from .errors import AudioError, SerprepError
@@ -213,30 +213,29 @@ def build_store(opts: BuildOptions, log=print) -> BuildSummary:
     class_utts = {c: sum(1 for i in labelled if emotion[i] == c) for c in class_names}
     hops = class_hops(class_utts, seg.hop, seg.min_hop) if opts.balance else {c: seg.hop for c in class_names}
 
-    # Augmentation copies per class: the most any fold's training part needs.
-    fold_copies: dict[tuple[str, int], dict[str, int]] = {}
-    copies_per_class = {c: 0 for c in class_names}
+    # Augmentation copies per class: the most any fold's training part needs, as a rate
+    # (fractional copies per utterance); each fold's index then takes only what it needs.
+    copy_rate = {c: 0.0 for c in class_names}
     if opts.augment:
         if opts.balance:
             est = {i: _estimated_segments(durations[i], cfg, seg, hops[emotion[i]]) for i in labelled}
-            for scheme, folds in fold_sets.items():
+            for folds in fold_sets.values():
                 for fold in folds:
                     train = set(fold.train)
                     counts = {c: 0.0 for c in class_names}
                     for i in labelled:
                         if utts[i].speaker in train:
                             counts[emotion[i]] += est[i]
-                    need = copies_needed(counts, opts.max_copies)
-                    fold_copies[(scheme, fold.number)] = need
-                    for c, k in need.items():
-                        copies_per_class[c] = max(copies_per_class[c], k)
+                    for c, rate in copy_rates(counts, opts.max_copies).items():
+                        copy_rate[c] = max(copy_rate[c], rate)
         else:
-            copies_per_class = {c: opts.copies for c in class_names}
+            copy_rate = {c: float(opts.copies) for c in class_names}
+    n_copies = {i: utterance_copies(copy_rate[emotion[i]], opts.seed, utts[i].utt_id) for i in labelled}
 
-    tasks = [_Task(i, utts[i].utt_id, utts[i].path, copies_per_class[emotion[i]]) for i in labelled]
+    tasks = [_Task(i, utts[i].utt_id, utts[i].path, n_copies[i]) for i in labelled]
     blocks = list(_blocks(tasks, [durations[i] or 1.0 for i in labelled], opts.block_seconds))
     jobs = os.cpu_count() or 1 if opts.jobs in (0, -1, None) else max(1, opts.jobs)
-    total_seconds = sum((durations[i] or 0.0) * (1 + copies_per_class[emotion[i]]) for i in labelled)
+    total_seconds = sum((durations[i] or 0.0) * (1 + n_copies[i]) for i in labelled)
     log(
         f"{opts.corpus}: {len(utts)} utterances, {len(labelled)} in {classes}/{subset}; "
         f"extracting {sum(1 + t.copies for t in tasks)} items ({total_seconds / 3600:.2f} h audio) "
@@ -324,8 +323,7 @@ def build_store(opts: BuildOptions, log=print) -> BuildSummary:
         for scheme, folds in fold_sets.items():
             for fold in folds:
                 _write_fold(writer, scheme, fold, segs, utt_speaker, ok, speaker_id, class_names,
-                            fold_copies.get((scheme, fold.number), copies_per_class),
-                            spk_sum, spk_sumsq, spk_weight,
+                            copy_rate, spk_sum, spk_sumsq, spk_weight,
                             np.random.default_rng(rng_root.spawn(1)[0]))
 
         # Manifest, vocabularies, failures.
@@ -365,8 +363,7 @@ def build_store(opts: BuildOptions, log=print) -> BuildSummary:
             "subset": subset,
             "label_manifest_version": spec.version,
             "augment": _describe_augment(opts.augment),
-            "copies_per_class": copies_per_class,
-            "fold_copies": {f"{s}/{k}": v for (s, k), v in fold_copies.items()},
+            "copy_rate": copy_rate,
             "balance": opts.balance,
             "hops": hops,
             "max_copies": opts.max_copies,
@@ -438,7 +435,7 @@ def _item_offsets(n_frames: int, seg: SegmentConfig, class_hop: int, copy: int) 
 
 def _write_fold(writer: StoreWriter, scheme: str, fold: ResolvedFold, segs: dict[str, np.ndarray],
                 utt_speaker: np.ndarray, ok: np.ndarray, speaker_id: dict[str, int], class_names: list[str],
-                copies: dict[str, int], spk_sum: np.ndarray, spk_sumsq: np.ndarray, spk_weight: np.ndarray,
+                copy_rate: dict[str, float], spk_sum: np.ndarray, spk_sumsq: np.ndarray, spk_weight: np.ndarray,
                 rng: np.random.Generator) -> None:
     part_ids = {name: np.array([speaker_id[s] for s in getattr(fold, name)], dtype=np.int64)
                 for name in ("train", "validation", "test")}
@@ -449,11 +446,14 @@ def _write_fold(writer: StoreWriter, scheme: str, fold: ResolvedFold, segs: dict
     validation_segments = np.flatnonzero(seg_in["validation"] & original)
     test_segments = np.flatnonzero(seg_in["test"] & original)
 
-    # The balanced index may use only as many copies as THIS fold's training part needs.
-    max_copy = np.array([copies.get(c, 0) for c in class_names], dtype=np.int64)
-    eligible = train_segments[segs["copy"][train_segments] <= max_copy[segs["emotion"][train_segments]]]
-    by_class = {k: eligible[segs["emotion"][eligible] == k] for k in range(len(class_names))}
-    index = balanced_index(by_class, rng)
+    # Balanced index: training originals (dense windows included) plus only as many of the
+    # training utterances' augmented copies as it takes to reach the majority count.
+    train_copy = segs["copy"][train_segments] > 0
+    seg_class = segs["emotion"][train_segments]
+    originals = {k: train_segments[~train_copy & (seg_class == k)] for k in range(len(class_names))}
+    copies = {k: train_segments[train_copy & (seg_class == k)] for k in range(len(class_names))}
+    index = balanced_index(originals, copies, rng)
+    eligible = train_segments
 
     w = spk_weight[part_ids["train"]].sum()
     if w <= 0:
@@ -479,7 +479,7 @@ def _write_fold(writer: StoreWriter, scheme: str, fold: ResolvedFold, segs: dict
         "after_by_gender": by_gender(index),
         "validation": per_class(validation_segments),
         "test": per_class(test_segments),
-        "copies": {c: int(copies.get(c, 0)) for c in class_names},
+        "copy_rate": {c: round(float(copy_rate.get(c, 0.0)), 3) for c in class_names},
     }
     group = f"folds/{scheme}/{fold.number}"
     arrays = {
