@@ -123,6 +123,18 @@ def manifest(store: Path, out: Path) -> None:
     click.echo(f"wrote {out}: {len(df)} utterances, {len(df.columns)} columns")
 
 
+@main.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the PNGs and summary.md.")
+@click.option("--scheme", default=None, help="Fold scheme to plot (default: loso).")
+def report(store: Path, out: Path, scheme: str | None) -> None:
+    """Plot class counts per fold (before/after balancing, by gender) and example spectrograms."""
+    from .report import write_report
+
+    for path in write_report(store, out, scheme):
+        click.echo(f"wrote {path}")
+
+
 @main.command("demo-corpus")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder to write (IEMOCAP_full_release layout).")
 @click.option("--hours", default=0.5, show_default=True, type=float, help="Total audio duration.")
