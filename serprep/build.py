@@ -90,39 +90,74 @@ class _Task:
     utt_id: str
     path: str
     copies: int
+    class_hop: int
 
 
-def extract_block(tasks: list[_Task], root: str, cfg: FeatureConfig, augment: str | None, seed: int) -> list[dict[str, Any]]:
-    """Decode, augment and featurise one block of utterances.
+def extract_block(tasks: list[_Task], root: str, cfg: FeatureConfig, seg: SegmentConfig,
+                  augment: str | None, seed: int) -> list[dict[str, Any]]:
+    """Decode, augment, featurise and segment one block of utterances.
 
-    Never raises for a bad file: the error text is returned for the writer to record.
+    Runs in a worker process and does all per-item arithmetic here (features in storage
+    layout, window offsets, coverage-weighted normalisation sums) so the single writing
+    process only copies bytes. Never raises for a bad file: the error text is returned for
+    the writer to record.
     """
+    from threadpoolctl import threadpool_limits
+
     augmenter = None
     if augment and any(t.copies for t in tasks):
         from .augment import Augmenter, load_preset
 
         augmenter = Augmenter(load_preset(augment), cfg.sample_rate)
     results = []
-    for task in tasks:
-        entry: dict[str, Any] = {"utt": task.utt, "items": [], "error": None}
-        try:
-            audio = load_audio(Path(root) / task.path, cfg.sample_rate, name=task.path)
-            entry.update(sha256=audio.sha256, source_rate=audio.source_sample_rate,
-                         duration=len(audio.samples) / cfg.sample_rate)
-            entry["items"].append((0, logmel_3ch(audio.samples, cfg), ""))
-            for copy in range(1, task.copies + 1):
-                from .augment import copy_seed
+    # One BLAS thread per worker: the workers already fill the cores, and multi-threaded
+    # OpenBLAS on these small matrices is many times slower under contention.
+    with threadpool_limits(limits=1):
+        for task in tasks:
+            entry: dict[str, Any] = {"utt": task.utt, "items": [], "error": None}
+            try:
+                audio = load_audio(Path(root) / task.path, cfg.sample_rate, name=task.path)
+                entry.update(sha256=audio.sha256, source_rate=audio.source_sample_rate,
+                             duration=len(audio.samples) / cfg.sample_rate)
+                entry["items"].append(_featurise(audio.samples, 0, "", cfg, seg, task.class_hop))
+                for copy in range(1, task.copies + 1):
+                    from .augment import copy_seed
 
-                samples, chain = augmenter.apply(audio.samples, copy_seed(seed, task.utt_id, copy))
-                entry["items"].append((copy, logmel_3ch(samples, cfg), json.dumps(chain, sort_keys=True)))
-        except AudioError as exc:
-            entry["error"] = str(exc)
-            entry["items"] = []
-        except Exception as exc:  # an unexpected failure still names the file
-            entry["error"] = f"{task.path}: {type(exc).__name__}: {exc}"
-            entry["items"] = []
-        results.append(entry)
+                    samples, chain = augmenter.apply(audio.samples, copy_seed(seed, task.utt_id, copy))
+                    entry["items"].append(_featurise(samples, copy, json.dumps(chain, sort_keys=True), cfg, seg, task.class_hop))
+            except AudioError as exc:
+                entry["error"] = str(exc)
+                entry["items"] = []
+            except Exception as exc:  # an unexpected failure still names the file
+                entry["error"] = f"{task.path}: {type(exc).__name__}: {exc}"
+                entry["items"] = []
+            results.append(entry)
     return results
+
+
+def _featurise(samples: np.ndarray, copy: int, chain: str, cfg: FeatureConfig, seg: SegmentConfig,
+               class_hop: int) -> dict[str, Any]:
+    feats = logmel_3ch(samples, cfg)
+    n_frames = feats.shape[1]
+    offsets, dense = _item_offsets(n_frames, seg, class_hop, copy)
+    valid = valid_frames(n_frames, offsets, seg.frames)
+    # Coverage-weighted sums: each frame counts once per segment that holds it, so summing
+    # them over a fold's training speakers gives statistics over exactly its segments.
+    weight = np.zeros(n_frames, dtype=np.float64)
+    for o, v in zip(offsets, valid):
+        weight[o : o + v] += 1.0
+    f64 = feats.astype(np.float64)
+    return {
+        "copy": copy,
+        "chain": chain,
+        "frames": np.ascontiguousarray(feats.transpose(1, 0, 2)),  # storage layout [T, 3, M]
+        "offsets": offsets,
+        "dense": dense,
+        "valid": valid,
+        "sum": np.einsum("t,ctm->cm", weight, f64),
+        "sumsq": np.einsum("t,ctm->cm", weight, f64 * f64),
+        "weight": float(weight.sum()),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,7 +267,7 @@ def build_store(opts: BuildOptions, log=print) -> BuildSummary:
             copy_rate = {c: float(opts.copies) for c in class_names}
     n_copies = {i: utterance_copies(copy_rate[emotion[i]], opts.seed, utts[i].utt_id) for i in labelled}
 
-    tasks = [_Task(i, utts[i].utt_id, utts[i].path, n_copies[i]) for i in labelled]
+    tasks = [_Task(i, utts[i].utt_id, utts[i].path, n_copies[i], hops[emotion[i]]) for i in labelled]
     blocks = list(_blocks(tasks, [durations[i] or 1.0 for i in labelled], opts.block_seconds))
     jobs = os.cpu_count() or 1 if opts.jobs in (0, -1, None) else max(1, opts.jobs)
     total_seconds = sum((durations[i] or 0.0) * (1 + n_copies[i]) for i in labelled)
@@ -262,7 +297,7 @@ def build_store(opts: BuildOptions, log=print) -> BuildSummary:
     try:
         parallel = Parallel(n_jobs=jobs, return_as="generator", pre_dispatch="2*n_jobs",
                             timeout=opts.task_timeout if jobs > 1 else None)
-        results = parallel(delayed(extract_block)(b, str(root), cfg, opts.augment, opts.seed) for b in blocks)
+        results = parallel(delayed(extract_block)(b, str(root), cfg, seg, opts.augment, opts.seed) for b in blocks)
         bar = tqdm(total=len(tasks), unit="utt", desc="extracting", disable=not opts.progress,
                    mininterval=0.5, file=sys.stderr, dynamic_ncols=True)
         try:
@@ -281,34 +316,27 @@ def build_store(opts: BuildOptions, log=print) -> BuildSummary:
                     source_rate[i] = entry["source_rate"]
                     durations[i] = entry["duration"]
                     c = emotion[i]
-                    for copy, feats, chain in entry["items"]:
-                        item, _ = writer.add_item(i, copy, feats, chain)
+                    for it in entry["items"]:
+                        item, _ = writer.add_frames(i, it["copy"], it["frames"], it["chain"])
                         n_items += 1
-                        audio_seconds += feats.shape[1] * cfg.hop_length / cfg.sample_rate
-                        offsets, dense = _item_offsets(feats.shape[1], seg, hops[c], copy)
-                        valid = valid_frames(feats.shape[1], offsets, seg.frames)
-                        if copy == 0:
+                        audio_seconds += it["frames"].shape[0] * cfg.hop_length / cfg.sample_rate
+                        offsets, dense, valid = it["offsets"], it["dense"], it["valid"]
+                        if it["copy"] == 0:
                             n_orig_segments[i] = int((~dense).sum())
                         k = len(offsets)
                         seg_cols["item"].append(np.full(k, item, np.int64))
                         seg_cols["utt"].append(np.full(k, i, np.int64))
-                        seg_cols["copy"].append(np.full(k, copy, np.int32))
+                        seg_cols["copy"].append(np.full(k, it["copy"], np.int32))
                         seg_cols["offset"].append(offsets)
                         seg_cols["valid"].append(valid.astype(np.int32))
                         seg_cols["dense"].append(dense.astype(np.uint8))
                         seg_cols["emotion"].append(np.full(k, class_id[c], np.int16))
                         seg_cols["gender"].append(np.full(k, GENDERS.index(u.gender), np.int16))
                         seg_cols["speaker"].append(np.full(k, speaker_id[u.speaker], np.int32))
-                        # Coverage-weighted sums: each frame counts once per segment that holds
-                        # it, so fold statistics equal statistics over the fold's segments.
-                        w = np.zeros(feats.shape[1], dtype=np.float64)
-                        for o, v in zip(offsets, valid):
-                            w[o : o + v] += 1.0
                         s = speaker_id[u.speaker]
-                        f64 = feats.astype(np.float64)
-                        spk_sum[s] += np.einsum("t,ctm->cm", w, f64)
-                        spk_sumsq[s] += np.einsum("t,ctm->cm", w, f64 * f64)
-                        spk_weight[s] += w.sum()
+                        spk_sum[s] += it["sum"]
+                        spk_sumsq[s] += it["sumsq"]
+                        spk_weight[s] += it["weight"]
                     bar.update(1)
         finally:
             bar.close()

@@ -67,18 +67,43 @@ def log_mel(samples: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     return np.log(mel + np.float32(cfg.log_offset)).astype(np.float32, copy=False)
 
 
-def deltas(static: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Delta and delta-of-delta along time (axis 0) by librosa's regression formula.
+def regression_delta(x: np.ndarray, width: int) -> np.ndarray:
+    """Regression delta along axis 0: ``sum_k k (x[t+k] - x[t-k]) / (2 sum_k k^2)``, k = 1..N.
 
-    Utterances shorter than the regression window fall back to ``mode="nearest"`` edge
-    handling, since librosa's default interpolation needs at least ``width`` frames.
+    Identical to ``librosa.feature.delta(x, width=width, axis=0)`` (a first-order
+    Savitzky-Golay derivative): at the edges (``mode="interp"``) the first and last N frames
+    take the slope fitted over the first/last ``width`` frames. Inputs shorter than ``width``
+    use edge-replicating padding (librosa's ``mode="nearest"``), since interpolation needs
+    ``width`` frames. Written out because librosa's generic filter is the slowest step here.
     """
-    if static.shape[0] == 0:
-        return static.copy(), static.copy()
-    mode = "interp" if static.shape[0] >= width else "nearest"
-    d1 = librosa.feature.delta(static, width=width, order=1, axis=0, mode=mode)
-    d2 = librosa.feature.delta(d1, width=width, order=1, axis=0, mode=mode)
-    return d1.astype(np.float32, copy=False), d2.astype(np.float32, copy=False)
+    if width < 3 or width % 2 == 0:
+        raise ValueError("delta width must be odd and >= 3")
+    n = width // 2
+    denom = np.float32(2 * sum(k * k for k in range(1, n + 1)))
+    frames = x.shape[0]
+    if frames == 0:
+        return x.copy()
+    if frames < width:
+        padded = np.concatenate([np.repeat(x[:1], n, axis=0), x, np.repeat(x[-1:], n, axis=0)])
+        out = np.zeros_like(x)
+        for k in range(1, n + 1):
+            out += k * (padded[n + k : n + k + frames] - padded[n - k : n - k + frames])
+        return out / denom
+    out = np.empty_like(x)
+    core = out[n : frames - n]
+    core[...] = x[n + 1 : frames - n + 1] - x[n - 1 : frames - n - 1]
+    for k in range(2, n + 1):
+        core += k * (x[n + k : frames - n + k] - x[n - k : frames - n - k])
+    core /= denom
+    out[:n] = core[0]
+    out[frames - n :] = core[-1]
+    return out
+
+
+def deltas(static: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Delta and delta-of-delta along time (axis 0), see :func:`regression_delta`."""
+    d1 = regression_delta(static, width)
+    return d1, regression_delta(d1, width)
 
 
 def logmel_3ch(samples: np.ndarray, cfg: FeatureConfig) -> np.ndarray:

@@ -156,9 +156,13 @@ class StoreWriter:
     # -- features ---------------------------------------------------------------------------
     def add_item(self, utt: int, copy: int, features: np.ndarray, augmentation: str = "") -> tuple[int, int]:
         """Append one item's ``[3, T, n_mels]`` features; returns ``(item_id, frame_start)``."""
-        if features.ndim != 3 or features.shape[0] != FEATURE_CHANNELS or features.shape[2] != self.cfg.n_mels:
-            raise StoreError(f"feature array of shape {features.shape} does not match [3, T, {self.cfg.n_mels}]")
-        frames = np.ascontiguousarray(features.transpose(1, 0, 2), dtype=np.float32)
+        return self.add_frames(utt, copy, features.transpose(1, 0, 2), augmentation)
+
+    def add_frames(self, utt: int, copy: int, frames: np.ndarray, augmentation: str = "") -> tuple[int, int]:
+        """Append one item already in storage layout ``[T, 3, n_mels]``."""
+        if frames.ndim != 3 or frames.shape[1] != FEATURE_CHANNELS or frames.shape[2] != self.cfg.n_mels:
+            raise StoreError(f"frame array of shape {frames.shape} does not match [T, 3, {self.cfg.n_mels}]")
+        frames = np.ascontiguousarray(frames, dtype=np.float32)
         start = self._frames_written + self._pending_frames
         self._pending.append(frames)
         self._pending_frames += frames.shape[0]

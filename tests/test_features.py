@@ -64,3 +64,14 @@ def test_very_short_input_still_gives_finite_features():
     out = logmel_3ch(np.full(200, 0.1, dtype=np.float32), cfg)  # 12.5 ms: shorter than one window
     assert out.shape == (3, 2, 40)
     assert np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("frames", [1, 2, 4, 5, 6, 50])
+@pytest.mark.parametrize("width", [5, 9])
+def test_regression_delta_equals_librosa(frames, width):
+    from serprep.features import regression_delta
+
+    x = np.random.default_rng(frames).standard_normal((frames, 7)).astype(np.float32)
+    mode = "interp" if frames >= width else "nearest"
+    ref = librosa.feature.delta(x, width=width, axis=0, mode=mode)
+    np.testing.assert_allclose(regression_delta(x, width), ref, atol=2e-6, rtol=0)
