@@ -28,15 +28,16 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import __version__
-from .audio import audio_duration, load_audio
+from .audio import audio_duration
 from .balance import balanced_index, class_hops, copy_rates, utterance_copies
 from .config import FeatureConfig, SegmentConfig
 from .corpora import Utterance, read_corpus
-from .errors import AudioError, SerprepError
-from .features import logmel_3ch
+from .errors import SerprepError
+from .extract import Task, extract_block
+from .features import LogMelExtractor
 from .folds import ResolvedFold, resolve_folds
 from .labels import CorpusSpec, load_spec
-from .segments import segment_offsets, valid_frames
+from .segments import segment_offsets
 from .store import StoreWriter
 
 GENDERS = ("F", "M")
@@ -82,85 +83,6 @@ class BuildSummary:
 
 
 # --------------------------------------------------------------------------------------------
-# Worker side: runs in joblib processes; returns arrays, never touches the store.
-# --------------------------------------------------------------------------------------------
-@dataclass
-class _Task:
-    utt: int
-    utt_id: str
-    path: str
-    copies: int
-    class_hop: int
-
-
-def extract_block(tasks: list[_Task], root: str, cfg: FeatureConfig, seg: SegmentConfig,
-                  augment: str | None, seed: int) -> list[dict[str, Any]]:
-    """Decode, augment, featurise and segment one block of utterances.
-
-    Runs in a worker process and does all per-item arithmetic here (features in storage
-    layout, window offsets, coverage-weighted normalisation sums) so the single writing
-    process only copies bytes. Never raises for a bad file: the error text is returned for
-    the writer to record.
-    """
-    from threadpoolctl import threadpool_limits
-
-    augmenter = None
-    if augment and any(t.copies for t in tasks):
-        from .augment import Augmenter, load_preset
-
-        augmenter = Augmenter(load_preset(augment), cfg.sample_rate)
-    results = []
-    # One BLAS thread per worker: the workers already fill the cores, and multi-threaded
-    # OpenBLAS on these small matrices is many times slower under contention.
-    with threadpool_limits(limits=1):
-        for task in tasks:
-            entry: dict[str, Any] = {"utt": task.utt, "items": [], "error": None}
-            try:
-                audio = load_audio(Path(root) / task.path, cfg.sample_rate, name=task.path)
-                entry.update(sha256=audio.sha256, source_rate=audio.source_sample_rate,
-                             duration=len(audio.samples) / cfg.sample_rate)
-                entry["items"].append(_featurise(audio.samples, 0, "", cfg, seg, task.class_hop))
-                for copy in range(1, task.copies + 1):
-                    from .augment import copy_seed
-
-                    samples, chain = augmenter.apply(audio.samples, copy_seed(seed, task.utt_id, copy))
-                    entry["items"].append(_featurise(samples, copy, json.dumps(chain, sort_keys=True), cfg, seg, task.class_hop))
-            except AudioError as exc:
-                entry["error"] = str(exc)
-                entry["items"] = []
-            except Exception as exc:  # an unexpected failure still names the file
-                entry["error"] = f"{task.path}: {type(exc).__name__}: {exc}"
-                entry["items"] = []
-            results.append(entry)
-    return results
-
-
-def _featurise(samples: np.ndarray, copy: int, chain: str, cfg: FeatureConfig, seg: SegmentConfig,
-               class_hop: int) -> dict[str, Any]:
-    feats = logmel_3ch(samples, cfg)
-    n_frames = feats.shape[1]
-    offsets, dense = _item_offsets(n_frames, seg, class_hop, copy)
-    valid = valid_frames(n_frames, offsets, seg.frames)
-    # Coverage-weighted sums: each frame counts once per segment that holds it, so summing
-    # them over a fold's training speakers gives statistics over exactly its segments.
-    weight = np.zeros(n_frames, dtype=np.float64)
-    for o, v in zip(offsets, valid):
-        weight[o : o + v] += 1.0
-    f64 = feats.astype(np.float64)
-    return {
-        "copy": copy,
-        "chain": chain,
-        "frames": np.ascontiguousarray(feats.transpose(1, 0, 2)),  # storage layout [T, 3, M]
-        "offsets": offsets,
-        "dense": dense,
-        "valid": valid,
-        "sum": np.einsum("t,ctm->cm", weight, f64),
-        "sumsq": np.einsum("t,ctm->cm", weight, f64 * f64),
-        "weight": float(weight.sum()),
-    }
-
-
-# --------------------------------------------------------------------------------------------
 # Planning
 # --------------------------------------------------------------------------------------------
 def assign_classes(utts: list[Utterance], spec: CorpusSpec, classes: str, subset: str) -> list[str]:
@@ -181,8 +103,8 @@ def _estimated_segments(duration: float | None, cfg: FeatureConfig, seg: Segment
     return len(segment_offsets(n, seg.frames, hop))
 
 
-def _blocks(tasks: list[_Task], durations: list[float], block_seconds: float) -> Iterator[list[_Task]]:
-    block: list[_Task] = []
+def _blocks(tasks: list[Task], durations: list[float], block_seconds: float) -> Iterator[list[Task]]:
+    block: list[Task] = []
     seconds = 0.0
     for task, dur in zip(tasks, durations):
         block.append(task)
@@ -267,7 +189,7 @@ def build_store(opts: BuildOptions, log=print) -> BuildSummary:
             copy_rate = {c: float(opts.copies) for c in class_names}
     n_copies = {i: utterance_copies(copy_rate[emotion[i]], opts.seed, utts[i].utt_id) for i in labelled}
 
-    tasks = [_Task(i, utts[i].utt_id, utts[i].path, n_copies[i], hops[emotion[i]]) for i in labelled]
+    tasks = [Task(i, utts[i].utt_id, utts[i].path, n_copies[i], hops[emotion[i]]) for i in labelled]
     blocks = list(_blocks(tasks, [durations[i] or 1.0 for i in labelled], opts.block_seconds))
     jobs = os.cpu_count() or 1 if opts.jobs in (0, -1, None) else max(1, opts.jobs)
     total_seconds = sum((durations[i] or 0.0) * (1 + n_copies[i]) for i in labelled)
@@ -297,7 +219,8 @@ def build_store(opts: BuildOptions, log=print) -> BuildSummary:
     try:
         parallel = Parallel(n_jobs=jobs, return_as="generator", pre_dispatch="2*n_jobs",
                             timeout=opts.task_timeout if jobs > 1 else None)
-        results = parallel(delayed(extract_block)(b, str(root), cfg, seg, opts.augment, opts.seed) for b in blocks)
+        extract = LogMelExtractor(cfg)
+        results = parallel(delayed(extract_block)(b, str(root), extract, seg, opts.augment, opts.seed) for b in blocks)
         bar = tqdm(total=len(tasks), unit="utt", desc="extracting", disable=not opts.progress,
                    mininterval=0.5, file=sys.stderr, dynamic_ncols=True)
         try:
@@ -439,26 +362,6 @@ def _describe_augment(augment: str | None) -> Any:
 
     return {"preset": Path(augment).name if os.sep in augment or augment.endswith((".toml", ".yaml", ".yml")) else augment,
             "spec": load_preset(augment)}
-
-
-def _item_offsets(n_frames: int, seg: SegmentConfig, class_hop: int, copy: int) -> tuple[np.ndarray, np.ndarray]:
-    """Window offsets of one item and which of them are extra (dense) windows.
-
-    Originals always get the base-hop windows (identical for every class, so evaluation never
-    depends on the label); a minority class adds its denser windows as ``dense``. Augmented
-    copies are training-only and use the class hop directly.
-    """
-    if copy > 0:
-        offsets = segment_offsets(n_frames, seg.frames, class_hop)
-        return offsets, np.zeros(len(offsets), dtype=bool)
-    base = segment_offsets(n_frames, seg.frames, seg.hop)
-    if class_hop >= seg.hop:
-        return base, np.zeros(len(base), dtype=bool)
-    extra = np.setdiff1d(segment_offsets(n_frames, seg.frames, class_hop), base)
-    offsets = np.concatenate([base, extra])
-    dense = np.concatenate([np.zeros(len(base), bool), np.ones(len(extra), bool)])
-    order = np.argsort(offsets, kind="stable")
-    return offsets[order], dense[order]
 
 
 def _write_fold(writer: StoreWriter, scheme: str, fold: ResolvedFold, segs: dict[str, np.ndarray],

@@ -10,26 +10,71 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import librosa
 import numpy as np
 import scipy.fft
 
 from .config import FeatureConfig
 
 
+def _periodic_window(name: str, length: int) -> np.ndarray | None:
+    n = np.arange(length, dtype=np.float64)
+    phase = 2.0 * np.pi * n / length  # periodic ("fftbins") form, as librosa/scipy use for STFTs
+    if name in ("hann", "hanning"):
+        return 0.5 - 0.5 * np.cos(phase)
+    if name == "hamming":
+        return 0.54 - 0.46 * np.cos(phase)
+    if name == "blackman":
+        return 0.42 - 0.5 * np.cos(phase) + 0.08 * np.cos(2 * phase)
+    return None
+
+
 @lru_cache(maxsize=8)
 def _window(cfg: FeatureConfig) -> np.ndarray:
-    win = librosa.filters.get_window(cfg.window, cfg.win_length, fftbins=True)
-    return librosa.util.pad_center(win, size=cfg.n_fft).astype(np.float32)
+    """Analysis window of ``win_length`` centred in ``n_fft`` (librosa's STFT convention)."""
+    win = _periodic_window(cfg.window, cfg.win_length)
+    if win is None:  # any other scipy window name
+        import scipy.signal
+
+        win = scipy.signal.get_window(cfg.window, cfg.win_length, fftbins=True)
+    left = (cfg.n_fft - cfg.win_length) // 2
+    padded = np.zeros(cfg.n_fft, dtype=np.float64)
+    padded[left : left + cfg.win_length] = win
+    return padded.astype(np.float32)
+
+
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale: linear below 1 kHz, logarithmic above (librosa's default)."""
+    hz = np.asarray(hz, dtype=np.float64)
+    f_sp = 200.0 / 3
+    min_log_hz, min_log_mel, logstep = 1000.0, 1000.0 / f_sp, np.log(6.4) / 27.0
+    return np.where(hz >= min_log_hz, min_log_mel + np.log(np.maximum(hz, 1e-10) / min_log_hz) / logstep, hz / f_sp)
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    f_sp = 200.0 / 3
+    min_log_hz, min_log_mel, logstep = 1000.0, 1000.0 / f_sp, np.log(6.4) / 27.0
+    return np.where(mel >= min_log_mel, min_log_hz * np.exp(logstep * (mel - min_log_mel)), f_sp * mel)
 
 
 @lru_cache(maxsize=8)
 def mel_filterbank(cfg: FeatureConfig) -> np.ndarray:
-    """The ``[n_fft // 2 + 1, n_mels]`` mel filterbank (transposed for a right-multiply)."""
-    fb = librosa.filters.mel(
-        sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax
-    )
-    return np.ascontiguousarray(fb.T, dtype=np.float32)
+    """Slaney-normalised triangular mel filterbank, ``[n_fft // 2 + 1, n_mels]``.
+
+    The same matrix as ``librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax).T`` (checked in
+    the tests); built here so extraction does not pay librosa's seconds-long import.
+    """
+    fmax = cfg.sample_rate / 2.0 if cfg.fmax is None else float(cfg.fmax)
+    fft_freqs = np.fft.rfftfreq(cfg.n_fft, d=1.0 / cfg.sample_rate)
+    mel_points = np.linspace(_hz_to_mel(cfg.fmin), _hz_to_mel(fmax), cfg.n_mels + 2)
+    hz_points = _mel_to_hz(mel_points)
+    widths = np.diff(hz_points)
+    ramps = hz_points[:, None] - fft_freqs[None, :]
+    lower = -ramps[:-2] / widths[:-1, None]
+    upper = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (hz_points[2:] - hz_points[:-2]))[:, None]  # Slaney: constant energy per band
+    return np.ascontiguousarray(weights.T, dtype=np.float32)
 
 
 def preemphasize(samples: np.ndarray, coef: float) -> np.ndarray:
@@ -46,25 +91,60 @@ def preemphasize(samples: np.ndarray, coef: float) -> np.ndarray:
     return out
 
 
+class LogMelExtractor:
+    """Triple-channel log-Mel extractor for one config, with its window and filterbank built.
+
+    Picklable (plain arrays), so worker processes receive it ready to use.
+    """
+
+    def __init__(self, cfg: FeatureConfig) -> None:
+        self.cfg = cfg
+        self.window = _window(cfg)
+        self.mel = mel_filterbank(cfg)
+        # The filterbank with every row repeated: applied to the complex spectrum viewed as
+        # interleaved (re, im) floats and squared in place, one matmul gives the mel power.
+        self._mel_interleaved = np.ascontiguousarray(np.repeat(self.mel, 2, axis=0))
+
+    def log_mel(self, samples: np.ndarray) -> np.ndarray:
+        """Log-Mel spectrogram, shape ``[T, n_mels]``, T = ``cfg.n_frames(len(samples))``."""
+        cfg = self.cfg
+        y = preemphasize(samples, cfg.preemphasis)
+        if cfg.center:
+            # librosa >= 0.10 pads with zeros ("constant") when centering.
+            y = np.pad(y, cfg.n_fft // 2)
+        n_frames = 0 if len(y) < cfg.n_fft else 1 + (len(y) - cfg.n_fft) // cfg.hop_length
+        if n_frames == 0:
+            return np.zeros((0, cfg.n_mels), dtype=np.float32)
+        y = np.ascontiguousarray(y, dtype=np.float32)
+        frames = np.lib.stride_tricks.as_strided(
+            y, shape=(n_frames, cfg.n_fft), strides=(y.strides[0] * cfg.hop_length, y.strides[0])
+        )
+        spectrum = scipy.fft.rfft(frames * self.window, axis=1, overwrite_x=True)
+        if cfg.power == 2.0:
+            parts = spectrum.view(np.float32)  # [T, 2 * n_bins]: re, im, re, im, ...
+            np.square(parts, out=parts)
+            mel = parts @ self._mel_interleaved
+        else:
+            mel = np.abs(spectrum) ** cfg.power @ self.mel
+        mel += np.float32(cfg.log_offset)
+        return np.log(mel, out=mel)
+
+    def __call__(self, samples: np.ndarray) -> np.ndarray:
+        """Static, delta and delta-delta: float32 ``[3, T, n_mels]``."""
+        static = self.log_mel(samples)
+        d1, d2 = deltas(static, self.cfg.delta_width)
+        return np.stack([static, d1, d2])
+
+
+@lru_cache(maxsize=8)
+def extractor(cfg: FeatureConfig) -> LogMelExtractor:
+    """A cached :class:`LogMelExtractor` for ``cfg``."""
+    return LogMelExtractor(cfg)
+
+
 def log_mel(samples: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
-    """Log-Mel spectrogram, shape ``[T, n_mels]``, T = ``cfg.n_frames(len(samples))``."""
-    y = preemphasize(samples, cfg.preemphasis)
-    if cfg.center:
-        # librosa >= 0.10 pads with zeros ("constant") when centering.
-        y = np.pad(y, cfg.n_fft // 2)
-    n_frames = 0 if len(y) < cfg.n_fft else 1 + (len(y) - cfg.n_fft) // cfg.hop_length
-    if n_frames == 0:
-        return np.zeros((0, cfg.n_mels), dtype=np.float32)
-    y = np.ascontiguousarray(y, dtype=np.float32)
-    frames = np.lib.stride_tricks.as_strided(
-        y, shape=(n_frames, cfg.n_fft), strides=(y.strides[0] * cfg.hop_length, y.strides[0])
-    )
-    spectrum = scipy.fft.rfft(frames * _window(cfg), axis=1)
-    power = spectrum.real**2 + spectrum.imag**2
-    if cfg.power != 2.0:
-        power = power ** (cfg.power / 2.0)
-    mel = power @ mel_filterbank(cfg)
-    return np.log(mel + np.float32(cfg.log_offset)).astype(np.float32, copy=False)
+    """Log-Mel spectrogram, shape ``[T, n_mels]``."""
+    return extractor(cfg).log_mel(samples)
 
 
 def regression_delta(x: np.ndarray, width: int) -> np.ndarray:
@@ -111,6 +191,4 @@ def logmel_3ch(samples: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
 
     Returns float32 ``[3, T, n_mels]``.
     """
-    static = log_mel(samples, cfg)
-    d1, d2 = deltas(static, cfg.delta_width)
-    return np.stack([static, d1, d2]).astype(np.float32, copy=False)
+    return extractor(cfg)(samples)

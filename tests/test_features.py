@@ -75,3 +75,14 @@ def test_regression_delta_equals_librosa(frames, width):
     mode = "interp" if frames >= width else "nearest"
     ref = librosa.feature.delta(x, width=width, axis=0, mode=mode)
     np.testing.assert_allclose(regression_delta(x, width), ref, atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("n_mels, fmin, fmax, sr", [(40, 0.0, None, 16000), (64, 50.0, 7600.0, 16000), (40, 0.0, None, 22050)])
+def test_filterbank_and_window_equal_librosa(n_mels, fmin, fmax, sr):
+    from serprep.features import _window, mel_filterbank
+
+    cfg = FeatureConfig(n_mels=n_mels, fmin=fmin, fmax=fmax, sample_rate=sr)
+    ref = librosa.filters.mel(sr=sr, n_fft=cfg.n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    np.testing.assert_allclose(mel_filterbank(cfg).T, ref, rtol=1e-5, atol=1e-7)
+    win = librosa.util.pad_center(librosa.filters.get_window("hann", 400, fftbins=True), size=512)
+    np.testing.assert_allclose(_window(cfg), win, atol=1e-7)

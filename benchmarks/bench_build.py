@@ -1,0 +1,163 @@
+"""Benchmark `serprep build` against a naive per-file librosa loop, measured in the same run.
+
+    python benchmarks/bench_build.py                 # 1 h and 4 h demo corpora, 2 jobs
+    python benchmarks/bench_build.py --hours 1 --no-augment
+
+Generates IEMOCAP-shaped demo corpora (cached under --workdir), then runs, each in its own
+process so that CPU time and peak memory are its own:
+  * naive: for each file the build extracts, librosa.load + melspectrogram + log + two deltas,
+    one process (BLAS limited to one thread, its fastest setting on this machine);
+  * serprep build (plain) on the 1 h and the 4 h corpus;
+  * serprep build --augment default --balance on the 1 h corpus.
+Peak RSS is sampled every 50 ms over the whole process tree (writer + workers).
+Prints a markdown table; the README quotes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+NAIVE = r"""
+import sys, json, numpy as np, librosa
+paths = json.load(open(sys.argv[1]))
+seconds = 0.0
+for p in paths:
+    try:
+        y, sr = librosa.load(p, sr=16000)
+    except Exception:
+        continue
+    S = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=512, win_length=400, hop_length=160, n_mels=40)
+    L = np.log(S + 1e-6)
+    d = librosa.feature.delta(L, width=5)
+    dd = librosa.feature.delta(d, width=5)
+    feats = np.stack([L, d, dd]).astype(np.float32)
+    seconds += len(y) / sr
+print(json.dumps({"audio_seconds": seconds}))
+"""
+
+
+def _tree_rss_kib(pid: int) -> tuple[int, int]:
+    """(RSS of pid, RSS of pid and all its descendants) in KiB, from /proc."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ppid = int(fields[1])
+            with open(f"/proc/{entry}/statm") as f:
+                rss[int(entry)] = int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+            children.setdefault(ppid, []).append(int(entry))
+        except (OSError, IndexError, ValueError):
+            continue
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        total += rss.get(p, 0)
+        stack += children.get(p, [])
+    return rss.get(pid, 0), total
+
+
+def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
+    """Run a command; wall time, CPU time of it and its reaped descendants, peak RSS."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+    peak_main = peak_tree = 0
+    while proc.poll() is None:
+        main, tree = _tree_rss_kib(proc.pid)
+        peak_main, peak_tree = max(peak_main, main), max(peak_tree, tree)
+        time.sleep(0.05)
+    wall = time.perf_counter() - t0
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark command failed ({proc.returncode}): {' '.join(cmd)}\n{err[-2000:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall": wall, "cpu": cpu, "peak_main_mib": peak_main / 1024, "peak_tree_mib": peak_tree / 1024,
+            "stdout": out}
+
+
+def ensure_corpus(workdir: Path, hours: float, seed: int) -> Path:
+    from serprep.demo import write_demo_corpus
+
+    root = workdir / f"demo_{hours:g}h_seed{seed}"
+    done = root / ".complete"
+    if not done.exists():
+        t0 = time.perf_counter()
+        write_demo_corpus(root, hours=hours, seed=seed)
+        done.write_text("ok")
+        print(f"generated {root} ({hours:g} h) in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return root
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hours", type=float, nargs="+", default=[1.0, 4.0])
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workdir", type=Path, default=REPO / "bench_out")
+    ap.add_argument("--no-augment", action="store_true")
+    args = ap.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+
+    from serprep.build import assign_classes
+    from serprep.corpora import read_corpus
+    from serprep.labels import load_spec
+
+    corpora = {h: ensure_corpus(args.workdir, h, args.seed) for h in args.hours}
+    rows = []
+    serprep = [sys.executable, "-m", "serprep.cli"]
+
+    # Naive baseline on the smallest corpus, over exactly the files the build extracts.
+    h0 = min(args.hours)
+    utts = read_corpus("iemocap", corpora[h0])
+    classes = assign_classes(utts, load_spec("iemocap"), "4class-merged", "all")
+    paths = [str(corpora[h0] / u.path) for u, c in zip(utts, classes) if c]
+    listing = args.workdir / "naive_files.json"
+    listing.write_text(json.dumps(paths))
+    r = run_measured([sys.executable, "-c", NAIVE, str(listing)], env={"OPENBLAS_NUM_THREADS": "1"})
+    naive_audio = json.loads(r["stdout"])["audio_seconds"]
+    rows.append(("naive librosa loop, 1 process", h0, naive_audio, r))
+    baseline = naive_audio / r["wall"]
+
+    def build(hours: float, extra: list[str], label: str) -> None:
+        out = args.workdir / f"bench_{hours:g}h{'_aug' if extra else ''}.h5"
+        res = run_measured(serprep + ["build", "iemocap", "--root", str(corpora[hours]), "--out", str(out),
+                                      "--overwrite", "--jobs", str(args.jobs), "--quiet", *extra])
+        from serprep.store import StoreReader
+
+        m = StoreReader(out).manifest()
+        audio = float(m.loc[m.status == "ok", "duration"].sum())
+        rows.append((label, hours, audio, res))
+
+    for h in args.hours:
+        build(h, [], f"serprep build, {args.jobs} jobs")
+    if not args.no_augment:
+        build(h0, ["--augment", "default", "--balance"], f"serprep build --augment default --balance, {args.jobs} jobs")
+
+    print(f"\nbuild throughput on {os.cpu_count()} cores; audio = seconds of source audio extracted "
+          f"(4-class merged set); x real time = audio-seconds per wall-second\n")
+    print("| run | corpus | audio (h) | wall (s) | x real time | per CPU-second | vs naive | peak RSS, all processes (MiB) | peak RSS, writer (MiB) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, hours, audio, res in rows:
+        rt = audio / res["wall"]
+        print(f"| {label} | {hours:g} h demo | {audio / 3600:.2f} | {res['wall']:.1f} | {rt:.0f} | "
+              f"{audio / max(res['cpu'], 1e-9):.0f} | {rt / baseline:.2f}x | {res['peak_tree_mib']:.0f} | {res['peak_main_mib']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Extraction workers: decode, augment, featurise and segment blocks of utterances.
+
+This module runs in joblib worker processes. It imports only what extraction needs (no
+h5py, pandas or librosa: the log-Mel extractor arrives with its filterbank built), so
+workers start fast; it returns arrays and never touches the store.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .audio import load_audio
+from .config import SegmentConfig
+from .errors import AudioError
+from .features import LogMelExtractor
+from .segments import segment_offsets, valid_frames
+
+
+@dataclass
+class Task:
+    """One utterance to extract, with its augmented copies and its class's segment hop."""
+
+    utt: int
+    utt_id: str
+    path: str
+    copies: int
+    class_hop: int
+
+
+def extract_block(tasks: list[Task], root: str, extract: LogMelExtractor, seg: SegmentConfig,
+                  augment: str | None, seed: int) -> list[dict[str, Any]]:
+    """Decode, augment, featurise and segment one block of utterances.
+
+    Runs in a worker process and does all per-item arithmetic here (features in storage
+    layout, window offsets, coverage-weighted normalisation sums) so the single writing
+    process only copies bytes. Never raises for a bad file: the error text is returned for
+    the writer to record.
+    """
+    from threadpoolctl import threadpool_limits
+
+    cfg = extract.cfg
+    augmenter = None
+    if augment and any(t.copies for t in tasks):
+        from .augment import Augmenter, load_preset
+
+        augmenter = Augmenter(load_preset(augment), cfg.sample_rate)
+    results = []
+    # One BLAS thread per worker: the workers already fill the cores, and multi-threaded
+    # OpenBLAS on these small matrices is many times slower under contention.
+    with threadpool_limits(limits=1):
+        for task in tasks:
+            entry: dict[str, Any] = {"utt": task.utt, "items": [], "error": None}
+            try:
+                audio = load_audio(Path(root) / task.path, cfg.sample_rate, name=task.path)
+                entry.update(sha256=audio.sha256, source_rate=audio.source_sample_rate,
+                             duration=len(audio.samples) / cfg.sample_rate)
+                entry["items"].append(_featurise(audio.samples, 0, "", extract, seg, task.class_hop))
+                for copy in range(1, task.copies + 1):
+                    from .augment import copy_seed
+
+                    samples, chain = augmenter.apply(audio.samples, copy_seed(seed, task.utt_id, copy))
+                    entry["items"].append(_featurise(samples, copy, json.dumps(chain, sort_keys=True), extract, seg, task.class_hop))
+            except AudioError as exc:
+                entry["error"] = str(exc)
+                entry["items"] = []
+            except Exception as exc:  # an unexpected failure still names the file
+                entry["error"] = f"{task.path}: {type(exc).__name__}: {exc}"
+                entry["items"] = []
+            results.append(entry)
+    return results
+
+
+def _featurise(samples: np.ndarray, copy: int, chain: str, extract: LogMelExtractor, seg: SegmentConfig,
+               class_hop: int) -> dict[str, Any]:
+    feats = extract(samples)
+    n_frames = feats.shape[1]
+    offsets, dense = item_offsets(n_frames, seg, class_hop, copy)
+    valid = valid_frames(n_frames, offsets, seg.frames)
+    # Coverage-weighted sums: each frame counts once per segment that holds it, so summing
+    # them over a fold's training speakers gives statistics over exactly its segments.
+    weight = np.zeros(n_frames, dtype=np.float32)
+    for o, v in zip(offsets, valid):
+        weight[o : o + v] += 1.0
+    frames = np.ascontiguousarray(feats.transpose(1, 0, 2))  # storage layout [T, 3, M]
+    flat = frames.reshape(n_frames, -1)
+    # Per-item sums in float32 (a few hundred frames); the writer accumulates them in float64.
+    return {
+        "copy": copy,
+        "chain": chain,
+        "frames": frames,
+        "offsets": offsets,
+        "dense": dense,
+        "valid": valid,
+        "sum": (weight @ flat).reshape(frames.shape[1:]).astype(np.float64),
+        "sumsq": (weight @ np.square(flat)).reshape(frames.shape[1:]).astype(np.float64),
+        "weight": float(weight.sum()),
+    }
+
+
+def item_offsets(n_frames: int, seg: SegmentConfig, class_hop: int, copy: int) -> tuple[np.ndarray, np.ndarray]:
+    """Window offsets of one item and which of them are extra (dense) windows.
+
+    Originals always get the base-hop windows (identical for every class, so evaluation never
+    depends on the label); a minority class adds its denser windows as ``dense``. Augmented
+    copies are training-only and use the class hop directly.
+    """
+    if copy > 0:
+        offsets = segment_offsets(n_frames, seg.frames, class_hop)
+        return offsets, np.zeros(len(offsets), dtype=bool)
+    base = segment_offsets(n_frames, seg.frames, seg.hop)
+    if class_hop >= seg.hop:
+        return base, np.zeros(len(base), dtype=bool)
+    extra = np.setdiff1d(segment_offsets(n_frames, seg.frames, class_hop), base)
+    offsets = np.concatenate([base, extra])
+    dense = np.concatenate([np.zeros(len(base), bool), np.ones(len(extra), bool)])
+    order = np.argsort(offsets, kind="stable")
+    return offsets[order], dense[order]
+
+
