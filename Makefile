@@ -8,9 +8,11 @@ STAMP  := $(VENV)/.installed
 CORPUS ?= demo
 ROOT   ?=
 WORK   ?= demo
-HOURS  ?= 0.4
-EPOCHS ?= 6
+HOURS  ?= 0.5
+EPOCHS ?=
 JOBS   ?= -1
+STORE  ?= $(WORK)/feats.h5
+CV_ARGS ?=
 
 .PHONY: setup test bench train clean help
 
@@ -34,6 +36,25 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_build.py
+
+train: setup
+ifeq ($(CORPUS),demo)
+	@mkdir -p $(WORK)
+	@test -f $(WORK)/corpus/.complete || { \
+	  $(BIN)/serprep demo-corpus --out $(WORK)/corpus --hours $(HOURS) --seed 0 --overwrite && touch $(WORK)/corpus/.complete; }
+	$(BIN)/serprep build iemocap --root $(WORK)/corpus --out $(STORE) --augment default --balance --jobs $(JOBS) --overwrite
+else
+	@test -n "$(ROOT)" || { echo "error: CORPUS=$(CORPUS) needs ROOT=/path/to/the/corpus" >&2; exit 2; }
+	@mkdir -p $(WORK)
+	$(BIN)/serprep build $(CORPUS) --root $(ROOT) --out $(STORE) --augment default --balance --jobs $(JOBS) --overwrite
+endif
+	$(BIN)/serprep verify $(STORE)
+	$(BIN)/serprep report $(STORE) --out $(WORK)/report
+	$(BIN)/sertrain cv $(STORE) --out $(WORK)/runs $(if $(EPOCHS),--epochs $(EPOCHS)) $(CV_ARGS)
+	@echo
+	@echo "store:   $(STORE)  (serprep info $(STORE))"
+	@echo "report:  $(WORK)/report/summary.md, class_counts.png, spectrograms.png"
+	@echo "results: $(WORK)/runs/ (metrics.json, predictions.csv, confusion_matrix.png, training_curves.png)"
 
 clean:
 	rm -rf $(VENV) $(WORK) runs
