@@ -1,0 +1,5 @@
+"""``python -m sertrain`` = the ``sertrain`` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,289 @@
+"""The ``sertrain`` command: cv, train, evaluate, predict.
+
+Errors the user can act on (missing file, store without folds, fold out of range,
+incompatible store, bad config value) print one line ``error: ...`` on stderr and exit
+with 2 (bad argument or input) or 1 (failure while running); no traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from . import __version__
+from .errors import InputError, SertrainError
+
+# Options that map straight onto config keys: (option name, config key, click type, help).
+_CONFIG_OPTIONS: list[tuple[str, str, Any, str]] = [
+    ("--epochs", "train.epochs", int, "Maximum epochs [config train.epochs]."),
+    ("--batch-size", "train.batch_size", int, "Training batch size [train.batch_size]."),
+    ("--lr", "train.lr", float, "Learning rate [train.lr]."),
+    ("--optimizer", "train.optimizer", click.Choice(["adam", "adamw", "sgd"]), "Optimiser [train.optimizer]."),
+    ("--weight-decay", "train.weight_decay", float, "Weight decay [train.weight_decay]."),
+    ("--patience", "train.patience", int,
+     "Early stopping: epochs without a better validation UA; 0 = never [train.patience]."),
+    ("--steps-per-epoch", "train.steps_per_epoch", int,
+     "Batches per epoch; 0 = one pass over the balanced index [train.steps_per_epoch]."),
+    ("--seed", "train.seed", int, "Random seed (init, dropout, batch order) [train.seed]."),
+    ("--num-workers", "train.num_workers", int, "DataLoader worker processes [train.num_workers]."),
+    ("--amp", "train.amp", click.Choice(["auto", "bf16", "fp16", "off"]),
+     "Mixed precision on CUDA (ignored on CPU) [train.amp]."),
+    ("--aggregate", "train.aggregate", click.Choice(["mean", "max"]),
+     "Utterance decision from segment posteriors [train.aggregate]."),
+    ("--w-gender", "loss.w_gender", float, "Weight of the gender loss [loss.w_gender]."),
+    ("--w-speaker", "loss.w_speaker", float, "Weight of the speaker loss [loss.w_speaker]."),
+    ("--scheme", "data.scheme", str, "Fold scheme of the store, e.g. loso, loso-speaker [data.scheme]."),
+]
+
+
+def _config_options(func: Callable) -> Callable:
+    """Add --config, the config-key options, --set, --device, --resume, --threads, --quiet."""
+    decorators = [
+        click.option("--config", "config_name", metavar="NAME|FILE", default=None,
+                     help="Config preset (paper, cpu-small) or TOML file. Default: paper on CUDA, cpu-small on CPU."),
+        *[click.option(opt, key.replace(".", "__"), type=typ, default=None, help=hlp)
+          for opt, key, typ, hlp in _CONFIG_OPTIONS],
+        click.option("--set", "set_values", metavar="KEY=VALUE", multiple=True,
+                     help="Override any config key, e.g. --set model.lstm_hidden=32 (repeatable)."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
+        click.option("--resume", is_flag=True,
+                     help="Continue an interrupted run from OUT/last.pt (optimizer, epoch, best metric, RNG); "
+                          "finished folds are only re-tested."),
+        click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)."),
+        click.option("--quiet", "-q", is_flag=True, help="Only print the results, not every epoch."),
+    ]
+    for deco in reversed(decorators):
+        func = deco(func)
+    return func
+
+
+def _handle_errors(func: Callable) -> Callable:
+    """Turn expected errors into one ``error:`` line and an exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from serprep.errors import SerprepError
+
+        try:
+            return func(*args, **kwargs)
+        except SertrainError as exc:
+            _fail(str(exc), exc.exit_code)
+        except SerprepError as exc:
+            _fail(str(exc), 1)
+        except OSError as exc:
+            _fail(f"{getattr(exc, 'filename', '') or ''}: {exc.strerror or exc}".lstrip(": "), 1)
+        except KeyboardInterrupt:
+            _fail("interrupted (a training run continues with --resume)", 130)
+
+    return wrapper
+
+
+def _fail(message: str, code: int) -> None:
+    first = (message.strip().splitlines() or ["unknown error"])[0]
+    click.echo(f"error: {first}", err=True)
+    sys.exit(code)
+
+
+def _resolve(kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any], Any]:
+    """(config, explicit overrides, torch device) from the parsed options."""
+    import torch
+
+    from .config import apply_overrides, default_config_name, load_config, parse_value
+    from .runtime import resolve_device
+
+    if kwargs.get("threads"):
+        torch.set_num_threads(int(kwargs["threads"]))
+    device = resolve_device(kwargs["device"])
+    overrides: dict[str, Any] = {}
+    for _, key, _, _ in _CONFIG_OPTIONS:
+        value = kwargs.get(key.replace(".", "__"))
+        if value is not None:
+            overrides[key] = value
+    for item in kwargs.get("set_values") or ():
+        if "=" not in item:
+            raise InputError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = parse_value(value.strip())
+    cfg = load_config(kwargs["config_name"] or default_config_name(device.type))
+    cfg = apply_overrides(cfg, overrides)
+    return cfg, overrides, device
+
+
+def _logger(quiet: bool) -> Callable[[str], None]:
+    return (lambda m: None) if quiet else (lambda m: click.echo(m))
+
+
+def _parse_folds(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"--folds expects a comma list of fold numbers, got {text!r}") from None
+
+
+def _parse_aux(text: str | None) -> list[str] | None:
+    from .config import AUX_SETTINGS
+
+    if not text:
+        return None
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    for item in items:
+        if item not in AUX_SETTINGS:
+            raise InputError(f"--aux: {item!r} is not one of {', '.join(AUX_SETTINGS)}")
+    if len(set(items)) != len(items):
+        raise InputError(f"--aux lists a setting twice: {text!r}")
+    return items
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="sertrain")
+def main() -> None:
+    """Train and evaluate the multi-task CNN + attention-BLSTM emotion model on a serprep store.
+
+    \b
+      sertrain cv feats.h5 --out runs/iemocap          # all folds, mean ± std table
+      sertrain train feats.h5 --fold 3 --out runs/f3   # one fold
+      sertrain evaluate runs/f3/best.pt feats.h5 --fold 3
+      sertrain predict runs/f3/best.pt some.wav other.wav
+    """
+
+
+@main.command()
+@click.argument("store", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder (fold_<k>/ per fold; <aux>/fold_<k>/ for an --aux grid).")
+@click.option("--folds", "folds_text", metavar="LIST", default=None,
+              help="Comma list of fold numbers to run (default: all folds of the scheme).")
+@click.option("--aux", "aux_text", metavar="LIST", default=None,
+              help="Auxiliary tasks: none, gender, speaker, gender+speaker, or a comma list for an "
+                   "ablation grid with one comparison table [loss.aux].")
+@_config_options
+@_handle_errors
+def cv(store: Path, out_dir: Path, folds_text: str | None, aux_text: str | None, **kwargs: Any) -> None:
+    """Cross-validate: train every fold, test each best-validation checkpoint.
+
+    Prints a table per fold with mean ± std (WA, UA, macro-F1, UA by gender) and writes
+    metrics.json, predictions.csv, confusion.png, curves.png and table.txt to OUT; with several
+    --aux settings also comparison.md / comparison.json.
+    """
+    from .train import run_cv
+
+    cfg, overrides, device = _resolve(kwargs)
+    run_cv(store, cfg, out_dir, folds=_parse_folds(folds_text), aux_settings=_parse_aux(aux_text),
+           device=str(device), resume=kwargs["resume"], overrides=overrides,
+           log=_logger(kwargs["quiet"]), report=lambda m: click.echo(m))
+
+
+@main.command()
+@click.argument("store", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--fold", type=int, required=True, help="Fold number (1..K of the scheme).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder: best.pt, last.pt, metrics.json, predictions.csv, plots.")
+@click.option("--aux", type=click.Choice(["none", "gender", "speaker", "gender+speaker"]), default=None,
+              help="Active auxiliary tasks [loss.aux].")
+@_config_options
+@_handle_errors
+def train(store: Path, fold: int, out_dir: Path, aux: str | None, **kwargs: Any) -> None:
+    """Train one fold, keep the best checkpoint by validation UA, and test it."""
+    from .config import apply_overrides
+    from .report import fold_table
+    from .train import train_fold
+
+    cfg, overrides, device = _resolve(kwargs)
+    if aux:
+        overrides["loss.aux"] = aux
+        cfg = apply_overrides(cfg, {"loss.aux": aux})
+    result = train_fold(store, fold, cfg, out_dir, device=str(device), resume=kwargs["resume"],
+                        overrides=overrides, log=_logger(kwargs["quiet"]))
+    click.echo(fold_table([result.row()], summary=False))
+    click.echo(f"wrote {out_dir / 'best.pt'} and reports in {out_dir}")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("store", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--fold", type=int, default=None, help="Fold number (default: the checkpoint's fold).")
+@click.option("--scheme", default=None, help="Fold scheme (default: the checkpoint's).")
+@click.option("--split", type=click.Choice(["test", "validation"]), default="test", show_default=True,
+              help="Which part of the fold to score.")
+@click.option("--aggregate", type=click.Choice(["mean", "max"]), default=None,
+              help="Utterance decision from segment posteriors (default: the checkpoint's config).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--num-workers", type=int, default=0, show_default=True, help="DataLoader worker processes.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write metrics.json, predictions.csv and confusion.png here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@_handle_errors
+def evaluate(checkpoint: Path, store: Path, fold: int | None, scheme: str | None, split: str,
+             aggregate: str | None, device: str, num_workers: int, out_dir: Path | None, as_json: bool) -> None:
+    """Score a checkpoint at utterance level on a fold of a store.
+
+    Prints WA, UA, macro-F1, per-class recall, UA by gender and the confusion matrix. The
+    store must have the feature configuration the model was built for; features are
+    normalised with the statistics saved in the checkpoint. On the training store, a fold
+    whose speakers the checkpoint was trained on is refused (not speaker independent).
+    """
+    from .evaluate import clean_json, evaluate_checkpoint, write_reports
+    from .report import pct
+
+    ev, info = evaluate_checkpoint(checkpoint, store, fold, scheme=scheme, split=split,
+                                   aggregate_how=aggregate, device=device, num_workers=num_workers)
+    m = ev.metrics
+    if out_dir is not None:
+        write_reports(out_dir, {**info, split: m}, ev.predictions, None, m["confusion"], m["classes"],
+                      title=f"{Path(checkpoint).name} on {info['scheme']} fold {info['fold']} ({split})")
+    if as_json:
+        click.echo(json.dumps(clean_json({**info, "metrics": m}), indent=2))
+        return
+    if not info["same_store"]:
+        click.echo("note: this store differs from the training store (fingerprint); using the checkpoint's "
+                   "normalisation statistics", err=True)
+    click.echo(f"{info['scheme']} fold {info['fold']} {split} [{', '.join(info['speakers'])}]: "
+               f"{m['n']} utterances, aggregate {info['aggregate']}")
+    click.echo(f"WA {pct(m['wa'])}  UA {pct(m['ua'])}  macro-F1 {pct(m['macro_f1'])}")
+    click.echo("recall: " + "  ".join(f"{c} {pct(r)}" for c, r in m["recall"].items()))
+    for g, gm in (m.get("by_gender") or {}).items():
+        click.echo(f"gender {g} ({gm['n']} utts): UA {pct(gm['ua'])}  WA {pct(gm['wa'])}  recall "
+                   + "  ".join(f"{c} {pct(r)}" for c, r in gm["recall"].items()))
+    classes = m["classes"]
+    width = max(6, *(len(c) for c in classes))
+    click.echo("confusion (rows: reference, columns: predicted)")
+    click.echo(" " * width + "".join(c.rjust(width + 1) for c in classes))
+    for c, row in zip(classes, m["confusion"]):
+        click.echo(c.ljust(width) + "".join(str(v).rjust(width + 1) for v in row))
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--aggregate", type=click.Choice(["mean", "max"]), default=None,
+              help="Combine segment posteriors by mean or max (default: the checkpoint's config).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of text.")
+@_handle_errors
+def predict(checkpoint: Path, files: tuple[Path, ...], aggregate: str | None, device: str, as_json: bool) -> None:
+    """Print emotion class probabilities for audio FILES.
+
+    Features are computed with the feature configuration recorded in the checkpoint and
+    normalised with its fold statistics; long files are cut into the store's windows and the
+    window posteriors are combined (with max, the maxima are rescaled to sum to 1).
+    """
+    from .predict import predict_files
+
+    results = predict_files(checkpoint, files, device=device, aggregate_how=aggregate)
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in results], indent=2))
+        return
+    for r in results:
+        probs = "  ".join(f"{c} {p:.3f}" for c, p in r.probabilities.items())
+        click.echo(f"{r.path}: {r.label}  ({probs})  [{r.n_segments} segment(s), {r.duration:.2f} s]")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

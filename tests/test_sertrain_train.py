@@ -1,0 +1,167 @@
+"""sertrain.train / checkpoint / evaluate / predict on a real store built by serprep.
+
+The store is learnable (``test_sertrain_fixtures``): emotion is audible in pitch, loudness
+and spectral tilt. Chance UA on 4 classes is 25 %.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sertrain.checkpoint import load_checkpoint
+from sertrain.config import apply_overrides, load_config
+from sertrain.errors import InputError
+from sertrain.evaluate import evaluate_checkpoint
+from sertrain.predict import predict_files
+from sertrain.train import multitask_loss, train_fold
+from test_sertrain_fixtures import learnable_store, mels64_store, store_base
+
+#: The stated bar: best-validation checkpoint after 5 short epochs (~40 optimiser steps),
+#: utterance-level UA on the held-out session's two speakers.
+MIN_TEST_UA = 0.75
+
+
+def small_cfg(**overrides):
+    base = {"train.num_workers": 0, "train.patience": 0}
+    base.update(overrides)
+    return apply_overrides(load_config("cpu-small"), base)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return learnable_store(store_base(tmp_path_factory), balance=True, augment="default")
+
+
+@pytest.fixture(scope="module")
+def learned(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("learned")
+    return train_fold(store, 1, small_cfg(**{"train.epochs": 5}), out, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def two_epochs(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("two")
+    return train_fold(store, 2, small_cfg(**{"train.epochs": 2}), out, device="cpu")
+
+
+def test_learns_emotion_on_held_out_speakers(learned):
+    assert learned.test_speakers == ["Ses01F", "Ses01M"]
+    assert learned.test["n"] >= 25
+    assert learned.test["ua"] >= MIN_TEST_UA, learned.test
+    # The best checkpoint is the one with the best validation UA.
+    val = [h["val_ua"] for h in learned.history]
+    assert learned.history[learned.best_epoch - 1]["val_ua"] == max(val)
+    assert learned.history[-1]["train_loss"] < learned.history[0]["train_loss"]
+
+
+def test_reports_written(learned):
+    out = learned.out_dir
+    for name in ("best.pt", "last.pt", "metrics.json", "predictions.csv", "confusion.png", "curves.png",
+                 "history.json", "config.json"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["ua"] == pytest.approx(learned.test["ua"])
+    assert set(metrics["test"]["by_gender"]) == {"F", "M"}
+    pred = pd.read_csv(out / "predictions.csv")
+    assert len(pred) == learned.test["n"]
+    assert set(pred["speaker"]) == {"Ses01F", "Ses01M"}
+    probs = pred[[c for c in pred.columns if c.startswith("p_")]].to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+    assert (pred["correct"] == (pred["emotion"] == pred["predicted"])).all()
+
+
+def test_checkpoint_round_trip_weights_only(learned, store):
+    payload = torch.load(learned.out_dir / "best.pt", weights_only=True)
+    assert payload["format"] == "sertrain-checkpoint"
+    ckpt = load_checkpoint(learned.out_dir / "best.pt")
+    from serprep.store import StoreReader
+
+    r = StoreReader(store)
+    assert ckpt.emotion_classes == r.vocab("emotion") and ckpt.gender_classes == r.vocab("gender")
+    assert ckpt.store_fingerprint == r.fingerprint
+    assert json.loads(ckpt.feature_config_json) == r.feature_config.to_dict()
+    assert json.loads(ckpt.segment_config_json) == r.segment_config.to_dict()
+    fold = r.fold("loso", 1)
+    np.testing.assert_array_equal(ckpt.norm_mean.numpy(), fold.norm_mean)
+    np.testing.assert_array_equal(ckpt.norm_std.numpy(), fold.norm_std)
+    assert ckpt.train_speakers == list(fold.train_speakers)
+    assert ckpt.epoch == learned.best_epoch and ckpt.optimizer_state is None
+    last = load_checkpoint(learned.out_dir / "last.pt")
+    assert last.finished and last.optimizer_state is not None and last.rng_state is not None
+    # The rebuilt model reproduces the run's test metrics.
+    ev, info = evaluate_checkpoint(learned.out_dir / "best.pt", store, device="cpu")
+    assert info["fold"] == 1 and info["same_store"]
+    assert ev.metrics["ua"] == pytest.approx(learned.test["ua"])
+    assert ev.metrics["confusion"] == learned.test["confusion"]
+
+
+def test_same_seed_same_result(two_epochs, store, tmp_path):
+    again = train_fold(store, 2, small_cfg(**{"train.epochs": 2}), tmp_path / "again", device="cpu")
+    assert again.history[-1]["train_loss"] == two_epochs.history[-1]["train_loss"]
+    assert again.test == two_epochs.test
+    a = load_checkpoint(two_epochs.out_dir / "last.pt").model_state
+    b = load_checkpoint(tmp_path / "again" / "last.pt").model_state
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_continues_exactly(two_epochs, store, tmp_path):
+    out = tmp_path / "resumed"
+    first = train_fold(store, 2, small_cfg(**{"train.epochs": 1}), out, device="cpu")
+    assert first.epochs_run == 1
+    with pytest.raises(InputError, match="already holds a run"):
+        train_fold(store, 2, small_cfg(**{"train.epochs": 2}), out, device="cpu")
+    resumed = train_fold(store, 2, small_cfg(**{"train.epochs": 2}), out, device="cpu", resume=True,
+                         overrides={"train.epochs": 2})
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in two_epochs.history]
+    assert resumed.test == two_epochs.test
+    # Resuming a finished run only re-tests it.
+    again = train_fold(store, 2, small_cfg(), out, device="cpu", resume=True, overrides={"train.epochs": 2})
+    assert again.history == resumed.history and again.test == resumed.test
+
+
+def test_predict_wav_matches_store_evaluation(learned, store):
+    pred = pd.read_csv(learned.out_dir / "predictions.csv")
+    row = pred.iloc[0]
+    from serprep.store import StoreReader
+
+    manifest = StoreReader(store).manifest()
+    wav = store.parent / "IEMOCAP_full_release" / manifest.loc[int(row["utt"]), "path"]
+    (res,) = predict_files(learned.out_dir / "best.pt", [wav], device="cpu")
+    assert res.label == row["predicted"]
+    for c, p in res.probabilities.items():
+        assert p == pytest.approx(row[f"p_{c}"], abs=1e-4)
+    assert sum(res.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(InputError, match="no such audio file"):
+        predict_files(learned.out_dir / "best.pt", [wav.with_name("missing.wav")], device="cpu")
+
+
+def test_evaluate_refuses_other_features_and_seen_speakers(learned, store, tmp_path_factory):
+    other = mels64_store(store_base(tmp_path_factory))
+    with pytest.raises(InputError, match="n_mels 64 but the model was built for 40"):
+        evaluate_checkpoint(learned.out_dir / "best.pt", other, device="cpu")
+    with pytest.raises(InputError, match="were training speakers of this checkpoint"):
+        evaluate_checkpoint(learned.out_dir / "best.pt", store, fold=2, device="cpu")
+
+
+def test_multitask_loss_weights_and_ignored_labels():
+    torch.manual_seed(0)
+    out = {"emotion": torch.randn(4, 4), "gender": torch.randn(4, 2), "speaker": torch.randn(4, 3)}
+    batch = {"emotion": torch.tensor([0, 1, 2, 3]), "gender": torch.tensor([0, 1, 0, 1]),
+             "speaker": torch.tensor([0, -1, 2, -1])}
+    ce = torch.nn.functional.cross_entropy
+    single, parts = multitask_loss(out, batch, 0.0, 0.0)
+    assert single == pytest.approx(float(ce(out["emotion"], batch["emotion"])))
+    assert set(parts) == {"emotion", "total"}
+    full, parts = multitask_loss(out, batch, 0.5, 0.25)
+    expected = (ce(out["emotion"], batch["emotion"]) + 0.5 * ce(out["gender"], batch["gender"])
+                + 0.25 * ce(out["speaker"][[0, 2]], torch.tensor([0, 2])))
+    assert float(full) == pytest.approx(float(expected))
+    # A batch with no training speaker leaves the speaker term out instead of producing NaN.
+    batch["speaker"] = torch.full((4,), -1)
+    loss, parts = multitask_loss(out, batch, 0.5, 0.25)
+    assert torch.isfinite(loss) and "speaker" not in parts
