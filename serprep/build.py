@@ -20,6 +20,8 @@ import os
 import platform
 import sys
 import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -33,7 +35,7 @@ from .balance import balanced_index, class_hops, copy_rates, utterance_copies
 from .config import FeatureConfig, SegmentConfig
 from .corpora import Utterance, read_corpus
 from .errors import SerprepError
-from .extract import Task, extract_block
+from .extract import Task, extract_block, warm_up
 from .features import LogMelExtractor
 from .folds import ResolvedFold, resolve_folds
 from .labels import CorpusSpec, load_spec
@@ -103,6 +105,14 @@ def _estimated_segments(duration: float | None, cfg: FeatureConfig, seg: Segment
     return len(segment_offsets(n, seg.frames, hop))
 
 
+def _duration_hint(u: Utterance) -> float:
+    """A duration estimate for sizing work blocks: the label file's times, else 4 s."""
+    start, end = u.extras.get("start"), u.extras.get("end")
+    if isinstance(start, float) and isinstance(end, float) and end > start:
+        return end - start
+    return 4.0
+
+
 def _blocks(tasks: list[Task], durations: list[float], block_seconds: float) -> Iterator[list[Task]]:
     block: list[Task] = []
     seconds = 0.0
@@ -135,6 +145,12 @@ def build_store(opts: BuildOptions, log=print) -> BuildSummary:
     from tqdm import tqdm
 
     t0 = time.perf_counter()
+    jobs = (os.cpu_count() or 1) if opts.jobs in (0, -1, None) else max(1, opts.jobs)
+    parallel = Parallel(n_jobs=jobs, return_as="generator", pre_dispatch="2*n_jobs",
+                        timeout=opts.task_timeout if jobs > 1 else None)
+    # Start the worker processes now, so their start-up overlaps reading the corpus; the
+    # extraction call below reuses them (loky keeps idle workers alive).
+    warm = parallel(delayed(warm_up)(bool(opts.augment)) for _ in range(jobs)) if jobs > 1 else iter(())
     cfg, seg = opts.features, opts.segments
     root = Path(opts.root)
     out = Path(opts.out)
@@ -150,7 +166,15 @@ def build_store(opts: BuildOptions, log=print) -> BuildSummary:
     if not labelled:
         raise SerprepError(f"{root}: no utterance falls in class set {classes!r} / subset {subset!r}")
 
-    durations = [audio_duration(root / u.path) for u in utts]
+    # Header durations: needed up front only to plan balancing; the manifest's durations of
+    # the other utterances are read in a thread while the workers extract.
+    needs_plan = bool(opts.augment and opts.balance)
+    durations: list[float | None] = [
+        audio_duration(root / u.path) if needs_plan and emotion[i] else None for i, u in enumerate(utts)
+    ]
+    header_reader = ThreadPoolExecutor(max_workers=1)
+    unlabelled = [i for i, e in enumerate(emotion) if not e]
+    header_durations = header_reader.submit(lambda: [audio_duration(root / utts[i].path) for i in unlabelled])
     speakers = sorted({u.speaker for u in utts})
     speaker_id = {s: i for i, s in enumerate(speakers)}
     class_id = {c: i for i, c in enumerate(class_names)}
@@ -190,12 +214,12 @@ def build_store(opts: BuildOptions, log=print) -> BuildSummary:
     n_copies = {i: utterance_copies(copy_rate[emotion[i]], opts.seed, utts[i].utt_id) for i in labelled}
 
     tasks = [Task(i, utts[i].utt_id, utts[i].path, n_copies[i], hops[emotion[i]]) for i in labelled]
-    blocks = list(_blocks(tasks, [durations[i] or 1.0 for i in labelled], opts.block_seconds))
-    jobs = os.cpu_count() or 1 if opts.jobs in (0, -1, None) else max(1, opts.jobs)
-    total_seconds = sum((durations[i] or 0.0) * (1 + n_copies[i]) for i in labelled)
+    sizes = [durations[i] or _duration_hint(utts[i]) for i in labelled]
+    blocks = list(_blocks(tasks, sizes, opts.block_seconds))
+    total_seconds = sum(d * (1 + n_copies[i]) for i, d in zip(labelled, sizes))
     log(
         f"{opts.corpus}: {len(utts)} utterances, {len(labelled)} in {classes}/{subset}; "
-        f"extracting {sum(1 + t.copies for t in tasks)} items ({total_seconds / 3600:.2f} h audio) "
+        f"extracting {sum(1 + t.copies for t in tasks)} items (~{total_seconds / 3600:.2f} h audio) "
         f"with {jobs} job(s)"
     )
 
@@ -216,9 +240,10 @@ def build_store(opts: BuildOptions, log=print) -> BuildSummary:
     n_items = 0
 
     writer = StoreWriter(out, cfg, overwrite=opts.overwrite)
+    results = None
     try:
-        parallel = Parallel(n_jobs=jobs, return_as="generator", pre_dispatch="2*n_jobs",
-                            timeout=opts.task_timeout if jobs > 1 else None)
+        for _ in warm:
+            pass
         extract = LogMelExtractor(cfg)
         results = parallel(delayed(extract_block)(b, str(root), extract, seg, opts.augment, opts.seed) for b in blocks)
         bar = tqdm(total=len(tasks), unit="utt", desc="extracting", disable=not opts.progress,
@@ -240,7 +265,7 @@ def build_store(opts: BuildOptions, log=print) -> BuildSummary:
                     durations[i] = entry["duration"]
                     c = emotion[i]
                     for it in entry["items"]:
-                        item, _ = writer.add_frames(i, it["copy"], it["frames"], it["chain"])
+                        item, _ = writer.add_frames(i, it["copy"], it["frames"], it["chain"], it["digest"])
                         n_items += 1
                         audio_seconds += it["frames"].shape[0] * cfg.hop_length / cfg.sample_rate
                         offsets, dense, valid = it["offsets"], it["dense"], it["valid"]
@@ -264,6 +289,9 @@ def build_store(opts: BuildOptions, log=print) -> BuildSummary:
         finally:
             bar.close()
 
+        for i, d in zip(unlabelled, header_durations.result()):
+            durations[i] = d
+        header_reader.shutdown()
         segs = {k: (np.concatenate(v) if v else np.zeros(0, np.int64)) for k, v in seg_cols.items()}
         writer.write_table("segments", segs)
 
@@ -334,6 +362,10 @@ def build_store(opts: BuildOptions, log=print) -> BuildSummary:
         writer.finalize()
     except BaseException as exc:
         writer.abort()
+        if results is not None:
+            with warnings.catch_warnings():  # joblib warns that queued blocks were cancelled: intended
+                warnings.simplefilter("ignore")
+                results.close()
         if type(exc).__name__ in ("TerminatedWorkerError",):
             raise SerprepError(f"a feature worker process died ({exc}); try --jobs 1 to see the failing file") from None
         if isinstance(exc, TimeoutError):

@@ -11,7 +11,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-import scipy.fft
 
 from .config import FeatureConfig
 
@@ -101,9 +100,6 @@ class LogMelExtractor:
         self.cfg = cfg
         self.window = _window(cfg)
         self.mel = mel_filterbank(cfg)
-        # The filterbank with every row repeated: applied to the complex spectrum viewed as
-        # interleaved (re, im) floats and squared in place, one matmul gives the mel power.
-        self._mel_interleaved = np.ascontiguousarray(np.repeat(self.mel, 2, axis=0))
 
     def log_mel(self, samples: np.ndarray) -> np.ndarray:
         """Log-Mel spectrogram, shape ``[T, n_mels]``, T = ``cfg.n_frames(len(samples))``."""
@@ -119,13 +115,13 @@ class LogMelExtractor:
         frames = np.lib.stride_tricks.as_strided(
             y, shape=(n_frames, cfg.n_fft), strides=(y.strides[0] * cfg.hop_length, y.strides[0])
         )
-        spectrum = scipy.fft.rfft(frames * self.window, axis=1, overwrite_x=True)
-        if cfg.power == 2.0:
-            parts = spectrum.view(np.float32)  # [T, 2 * n_bins]: re, im, re, im, ...
-            np.square(parts, out=parts)
-            mel = parts @ self._mel_interleaved
-        else:
-            mel = np.abs(spectrum) ** cfg.power @ self.mel
+        import scipy.fft  # here, not at module level: the writer process never runs an FFT
+
+        spectrum = scipy.fft.rfft(frames * self.window, axis=1)
+        power = spectrum.real**2 + spectrum.imag**2
+        if cfg.power != 2.0:
+            power **= cfg.power / 2.0
+        mel = power @ self.mel
         mel += np.float32(cfg.log_offset)
         return np.log(mel, out=mel)
 

@@ -45,13 +45,16 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import h5py
 import numpy as np
-import pandas as pd
 
 from .config import FeatureConfig, SegmentConfig
+if TYPE_CHECKING:  # pandas is imported on first use: the build's writer never needs it
+    import pandas as pd
+
+from .checksum import combine_item_digests, frames_digest
 from .errors import StoreError
 
 FORMAT = "serprep-store"
@@ -89,6 +92,24 @@ def dataset_digest(ds: h5py.Dataset) -> str:
     for start in range(0, ds.shape[0], rows):
         h.update(np.ascontiguousarray(ds[start : start + rows]).tobytes())
     return h.hexdigest()
+
+
+def features_digest(f: h5py.File) -> str:
+    """Recompute the ``/features`` checksum from the stored frames and the item table."""
+    ds = f["features"]
+    starts = f["items/frame_start"][()]
+    counts = f["items/n_frames"][()]
+    expected = np.concatenate([[0], np.cumsum(counts)[:-1]]) if len(counts) else counts
+    if not np.array_equal(starts, expected) or int(counts.sum()) != ds.shape[0]:
+        return "items table does not tile /features"
+    digests = []
+    rows = max(1, _DIGEST_BLOCK_BYTES // (ds.dtype.itemsize * int(np.prod(ds.shape[1:]))))
+    block_start, block = 0, ds[0:0]
+    for start, count in zip(starts.tolist(), counts.tolist()):
+        if start + count > block_start + len(block):
+            block_start, block = start, ds[start : max(start + count, start + rows)]
+        digests.append(frames_digest(block[start - block_start : start - block_start + count]))
+    return combine_item_digests(ds.shape, digests)
 
 
 def _attrs_digest(attrs: h5py.AttributeManager) -> str:
@@ -151,6 +172,7 @@ class StoreWriter:
         self._pending_frames = 0
         self._buffer_frames = max(CHUNK_FRAMES, buffer_bytes // (FEATURE_CHANNELS * feature_config.n_mels * 4))
         self.items: dict[str, list[Any]] = {k: [] for k in ITEM_COLUMNS}
+        self._item_digests: list[str] = []
         self._done = False
 
     # -- features ---------------------------------------------------------------------------
@@ -158,11 +180,16 @@ class StoreWriter:
         """Append one item's ``[3, T, n_mels]`` features; returns ``(item_id, frame_start)``."""
         return self.add_frames(utt, copy, features.transpose(1, 0, 2), augmentation)
 
-    def add_frames(self, utt: int, copy: int, frames: np.ndarray, augmentation: str = "") -> tuple[int, int]:
-        """Append one item already in storage layout ``[T, 3, n_mels]``."""
+    def add_frames(self, utt: int, copy: int, frames: np.ndarray, augmentation: str = "",
+                   digest: str | None = None) -> tuple[int, int]:
+        """Append one item already in storage layout ``[T, 3, n_mels]``.
+
+        ``digest`` is :func:`frames_digest` of ``frames`` when the caller already has it.
+        """
         if frames.ndim != 3 or frames.shape[1] != FEATURE_CHANNELS or frames.shape[2] != self.cfg.n_mels:
             raise StoreError(f"frame array of shape {frames.shape} does not match [T, 3, {self.cfg.n_mels}]")
         frames = np.ascontiguousarray(frames, dtype=np.float32)
+        self._item_digests.append(digest or frames_digest(frames))
         start = self._frames_written + self._pending_frames
         self._pending.append(frames)
         self._pending_frames += frames.shape[0]
@@ -214,7 +241,8 @@ class StoreWriter:
         f.attrs["format"] = FORMAT
         f.attrs["schema_version"] = SCHEMA_VERSION
         f.attrs["feature_config"] = self.cfg.to_json()
-        checksums = {name: dataset_digest(f[name]) for name in _all_datasets(f)}
+        checksums = {name: dataset_digest(f[name]) for name in _all_datasets(f) if name != "features"}
+        checksums["features"] = combine_item_digests(f["features"].shape, self._item_digests)
         f.attrs["checksums"] = json.dumps(checksums, sort_keys=True)
         f.attrs["attrs_sha256"] = _attrs_digest(f.attrs)
         f.close()
@@ -327,8 +355,10 @@ class StoreReader:
             raise StoreError(f"{self.path}: no vocabulary {name!r}")
         return list(self._vocab[name])
 
-    def manifest(self) -> pd.DataFrame:
+    def manifest(self) -> "pd.DataFrame":
         """The utterance table (row i = utterance index i)."""
+        import pandas as pd
+
         with _open_checked(self.path) as f:
             g = f["manifest"]
             cols = {}
@@ -338,18 +368,24 @@ class StoreReader:
             order = [c for c in MANIFEST_LEADING if c in cols] + sorted(c for c in cols if c not in MANIFEST_LEADING)
         return pd.DataFrame({c: cols[c] for c in order})
 
-    def segments(self) -> pd.DataFrame:
+    def segments(self) -> "pd.DataFrame":
         """The segment table (row i = segment index i)."""
+        import pandas as pd
+
         df = pd.DataFrame({k: v for k, v in self._segments.items()})
         df["dense"] = df["dense"].astype(bool)
         return df
 
-    def items(self) -> pd.DataFrame:
+    def items(self) -> "pd.DataFrame":
+        import pandas as pd
+
         with _open_checked(self.path) as f:
             g = f["items"]
             return pd.DataFrame({k: (g[k].asstr()[()] if h5py.check_string_dtype(g[k].dtype) else g[k][()]) for k in ITEM_COLUMNS})
 
-    def failures(self) -> pd.DataFrame:
+    def failures(self) -> "pd.DataFrame":
+        import pandas as pd
+
         with _open_checked(self.path) as f:
             g = f.get("failures")
             if g is None or "utt_id" not in g:
@@ -505,7 +541,7 @@ def verify(path: str | Path) -> list[str]:
                 problems.append(f"{path}: dataset /{name} was added after the store was written")
             for name in sorted(set(recorded) & present):
                 try:
-                    digest = dataset_digest(f[name])
+                    digest = features_digest(f) if name == "features" else dataset_digest(f[name])
                 except (OSError, ValueError) as exc:
                     problems.append(f"{path}: dataset /{name} is unreadable ({_short(exc)})")
                     continue
