@@ -268,6 +268,8 @@ class StoreWriter:
 
 
 def _column_array(values: Iterable[Any]) -> np.ndarray:
+    if isinstance(values, np.ndarray) and values.dtype.kind in "USO":
+        return np.array([str(v) for v in values.tolist()], dtype=_STR)
     values = list(values)
     if values and all(isinstance(v, str) for v in values):
         return np.array(values, dtype=_STR)

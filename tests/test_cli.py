@@ -123,3 +123,17 @@ def test_report_writes_pngs_and_summary(iemocap_root, tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     md = (tmp_path / "rep" / "summary.md").read_text()
     assert "| fold | test | ang | hap | neu | sad |" in md and md.count("->") >= 20
+
+
+def test_clean_corpus_store_has_empty_failure_table(tmp_path):
+    from corpus_fixtures import make_iemocap
+    from store_fixtures import build
+
+    root = tmp_path / "IEMOCAP_full_release"
+    make_iemocap(root, utts_per_speaker=4, corrupt=False)
+    store = tmp_path / "clean.h5"
+    build("iemocap", root, store)
+    r = CliRunner().invoke(main, ["info", str(store)])
+    assert r.exit_code == 0, r.output
+    assert "skipped files" not in r.output and ", 0 failed;" in r.output
+    assert CliRunner().invoke(main, ["report", str(store), "--out", str(tmp_path / "rep")]).exit_code == 0
