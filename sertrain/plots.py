@@ -28,7 +28,10 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: str | Path, tit
             ax.text(j, i, f"{cm[i, j]}\n{norm[i, j]:.0%}", ha="center", va="center",
                     color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
     if title:
-        ax.set_title(title, fontsize=9)
+        import textwrap
+
+        # Wrapped: a run title is longer than a small matrix is wide.
+        ax.set_title("\n".join(textwrap.wrap(title, 38)), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
