@@ -56,23 +56,29 @@ def utterance_copies(rate: float, seed: int, utt_id: str) -> int:
 
 
 def balanced_index(originals_by_class: Mapping[int, np.ndarray], copies_by_class: Mapping[int, np.ndarray],
-                   rng: np.random.Generator) -> np.ndarray:
-    """Segment ids that draw every class equally often.
+                   rng: np.random.Generator, target: int | None = None) -> np.ndarray:
+    """Segment ids that draw every class exactly ``target`` times.
 
-    The target is the largest class's count of original segments (dense-hop windows
-    included). Each class contributes all its originals, then a seeded draw of its augmented
-    copies' segments (without replacement) up to the target, then repeats if still short.
-    Classes with no segments are left out.
+    ``target`` defaults to the largest class's count of original segments; the build passes
+    the majority class's count of base-hop windows, so extra dense-hop windows never raise
+    the bar. A class with more originals than the target gets a seeded subset of them; a
+    smaller class gets all its originals, then a seeded draw of its augmented copies'
+    segments (without replacement), then repeats if still short. Classes without segments
+    are left out.
     """
     classes = [c for c in originals_by_class if len(originals_by_class[c]) > 0]
     if not classes:
         return np.zeros(0, dtype=np.int64)
-    target = max(len(originals_by_class[c]) for c in classes)
+    if target is None:
+        target = max(len(originals_by_class[c]) for c in classes)
     parts = []
     for c in sorted(classes):
         pool = np.asarray(originals_by_class[c], dtype=np.int64)
+        if len(pool) >= target:
+            parts.append(np.sort(rng.choice(pool, size=target, replace=False)))
+            continue
         copies = np.asarray(copies_by_class.get(c, np.zeros(0)), dtype=np.int64)
-        take = min(max(0, target - len(pool)), len(copies))
+        take = min(target - len(pool), len(copies))
         if take:
             pool = np.concatenate([pool, rng.choice(copies, size=take, replace=False)])
         deficit = target - len(pool)

@@ -415,7 +415,9 @@ def _write_fold(writer: StoreWriter, scheme: str, fold: ResolvedFold, segs: dict
     seg_class = segs["emotion"][train_segments]
     originals = {k: train_segments[~train_copy & (seg_class == k)] for k in range(len(class_names))}
     copies = {k: train_segments[train_copy & (seg_class == k)] for k in range(len(class_names))}
-    index = balanced_index(originals, copies, rng)
+    base = segs["dense"][train_segments] == 0
+    target = max(int(np.sum(~train_copy & base & (seg_class == k))) for k in range(len(class_names)))
+    index = balanced_index(originals, copies, rng, target=target)
     eligible = train_segments
 
     w = spk_weight[part_ids["train"]].sum()

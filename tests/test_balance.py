@@ -65,7 +65,8 @@ def test_balanced_index_draws_classes_equally(balanced_store):
         counts = counts[counts > 0]
         assert counts.min() == counts.max(), (f.scheme, f.fold, counts)
         before = f.counts["before"]
-        assert max(f.counts["after"].values()) >= max(before.values())
+        # Every class is brought to the majority class's count of plain training windows.
+        assert set(f.counts["after"].values()) == {max(before.values())}
         assert set(f.balanced_index) <= set(f.train_segments)
 
 
@@ -134,6 +135,13 @@ def test_class_hops_and_rates():
     assert rates == {"neu": 0.0, "sad": 1.5, "none": 0.0}
     n = [utterance_copies(1.5, 0, f"u{i}") for i in range(2000)]
     assert set(n) == {1, 2} and abs(np.mean(n) - 1.5) < 0.05
+
+
+def test_balanced_index_subsamples_classes_over_the_target():
+    rng = np.random.default_rng(0)
+    idx = balanced_index({0: np.arange(20), 1: np.arange(20, 25)}, {}, rng, target=8)
+    assert len(idx) == 16 and len(set(idx[idx < 20])) == 8
+    assert sorted(np.bincount(np.where(idx >= 20, 1, 0)).tolist()) == [8, 8]
 
 
 def test_balanced_index_uses_copies_before_repeats():
