@@ -80,13 +80,18 @@ def build_demo_store(workdir: Path, hours: float = 0.5, seed: int = 0) -> Path:
 # Training speed
 # --------------------------------------------------------------------------------------------
 def bench_training(config: str, batch_size: int, steps: int, warmup: int = 2, n_mels: int = 40,
-                   frames: int = 300) -> dict[str, Any]:
+                   frames: int = 300, device: str = "cpu") -> dict[str, Any]:
     """ms per training step (forward, multi-task loss, backward, Adam) on random inputs with
-    realistic valid lengths; samples/s = batch / step time."""
+    realistic valid lengths; samples/s = batch / step time. On CUDA with the config's mixed
+    precision (``train.amp``), synchronising before each clock reading."""
+    from sertrain.runtime import resolve_precision
+
     cfg = load_config(config)
     torch.manual_seed(0)
+    dev = torch.device(device)
+    precision = resolve_precision(cfg.train.amp, dev)
     spec = InputSpec(n_mels=n_mels, frames=frames)
-    model = build_model(cfg.model, spec, 4, 2, 8).train()
+    model = build_model(cfg.model, spec, 4, 2, 8).to(dev).train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     g = torch.Generator().manual_seed(0)
     batch = {
@@ -96,20 +101,33 @@ def bench_training(config: str, batch_size: int, steps: int, warmup: int = 2, n_
         "gender": torch.randint(0, 2, (batch_size,), generator=g),
         "speaker": torch.randint(0, 8, (batch_size,), generator=g),
     }
+    batch = {k: v.to(dev) for k, v in batch.items()}
     w_g, w_s = cfg.loss.effective_weights()
+    scaler = torch.amp.GradScaler("cuda") if precision.use_scaler else None
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     times = []
     for i in range(warmup + steps):
+        sync()
         t0 = time.perf_counter()
-        out = model(batch["x"], batch["valid"])
-        loss, _ = multitask_loss(out, batch, w_g, w_s)
+        with precision.autocast(dev):
+            out = model(batch["x"], batch["valid"])
+            loss, _ = multitask_loss(out, batch, w_g, w_s)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        sync()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     step = float(np.median(times))
     return {
         "config": config,
+        "device": device,
+        "precision": precision.name,
         "batch": batch_size,
         "steps": steps,
         "ms_per_step": 1000 * step,
@@ -240,7 +258,8 @@ def bench_worker_memory(store: Path, epochs: int = 30, batch_size: int = 64, wor
 # --------------------------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------------------------
-def run_benchmarks(store: Path, small_steps: int = 12, paper_steps: int = 2, memory_epochs: int = 30) -> dict[str, Any]:
+def run_benchmarks(store: Path, small_steps: int = 12, paper_steps: int = 2, memory_epochs: int = 30,
+                   device: str = "cpu") -> dict[str, Any]:
     """All measurements on ``store``; returns a JSON-ready dict."""
     torch.set_num_threads(THREADS)
     from serprep.store import StoreReader
@@ -251,19 +270,22 @@ def run_benchmarks(store: Path, small_steps: int = 12, paper_steps: int = 2, mem
     r.close()
     training = []
     for bs in (32, 64):
-        training.append(bench_training("cpu-small", bs, small_steps))
+        training.append(bench_training("cpu-small", bs, small_steps, device=device))
     if paper_steps > 0:
         for bs in (32, 64):
-            training.append(bench_training("paper", bs, paper_steps, warmup=1))
+            training.append(bench_training("paper", bs, paper_steps, warmup=1 if device == "cpu" else 3, device=device))
     loader = bench_loader(store)
     memory = bench_worker_memory(store, epochs=memory_epochs)
-    consume = next(t["samples_per_s"] for t in training if t["config"] == "cpu-small" and t["batch"] == 32)
+    # The loader must keep up with the model that runs on this device: cpu-small on CPU, the
+    # paper model on CUDA.
+    reference = "paper" if device != "cpu" and paper_steps > 0 else "cpu-small"
+    consume = next(t["samples_per_s"] for t in training if t["config"] == reference and t["batch"] == 32)
     deliver = next(row["segments_per_s"] for row in loader if row["source"].startswith("store, 2"))
     return {
         "info": info,
         "training": training,
         "loader": loader,
-        "loader_vs_training": {"deliver": deliver, "consume": consume, "ratio": deliver / consume,
+        "loader_vs_training": {"reference": reference, "deliver": deliver, "consume": consume, "ratio": deliver / consume,
                                "ok": bool(deliver >= MIN_LOADER_RATIO * consume)},
         "memory": memory,
         "peak_rss_mb": {
@@ -277,15 +299,15 @@ def format_report(res: dict[str, Any]) -> str:
     i = res["info"]
     lines = [f"store {i['store']}: {i['utterances']} utterances, {i['segments']} segments; "
              f"torch {i['torch']}, {i['threads']} threads", ""]
-    lines.append(f"{'model':<10} {'batch':>5} {'ms/step':>9} {'samples/s':>10} {'params':>11} {'GMAC/seg':>9}")
+    lines.append(f"{'model':<10} {'device':<7} {'dtype':<9} {'batch':>5} {'ms/step':>9} {'samples/s':>10} {'params':>11} {'GMAC/seg':>9}")
     for t in res["training"]:
-        lines.append(f"{t['config']:<10} {t['batch']:>5} {t['ms_per_step']:>9.1f} {t['samples_per_s']:>10.1f} "
-                     f"{t['params']:>11,} {t['gmac_per_segment']:>9.3f}")
+        lines.append(f"{t['config']:<10} {t['device']:<7} {t['precision']:<9} {t['batch']:>5} {t['ms_per_step']:>9.1f} "
+                     f"{t['samples_per_s']:>10.1f} {t['params']:>11,} {t['gmac_per_segment']:>9.3f}")
     lines += ["", f"{'data source (batch 32, balanced index)':<40} {'segments/s':>11}"]
     for row in res["loader"]:
         lines.append(f"{row['source']:<40} {row['segments_per_s']:>11.0f}")
     lv = res["loader_vs_training"]
-    lines.append(f"store loader / cpu-small training (batch 32): {lv['deliver']:.0f} / {lv['consume']:.0f} = "
+    lines.append(f"store loader / {lv['reference']} training (batch 32): {lv['deliver']:.0f} / {lv['consume']:.0f} = "
                  f"{lv['ratio']:.1f}x  (need >= {MIN_LOADER_RATIO:.0f}x: {'OK' if lv['ok'] else 'TOO SLOW'})")
     m = res["memory"]
     lines += ["", f"long read: {m['workers']} workers x {m['epochs']} epochs, {m['segments_read']} segments "
@@ -308,10 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--paper-steps", type=int, default=2, help="timed steps per paper batch size (0 = skip)")
     ap.add_argument("--memory-epochs", type=int, default=30, help="epochs of the long read")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--device", default="cpu", help="training device for the step timings (cpu or cuda)")
     args = ap.parse_args(argv)
     torch.set_num_threads(THREADS)
     store = args.store or build_demo_store(args.workdir, args.hours)
-    res = run_benchmarks(store, args.small_steps, args.paper_steps, args.memory_epochs)
+    res = run_benchmarks(store, args.small_steps, args.paper_steps, args.memory_epochs, args.device)
     print(format_report(res))
     if args.json:
         args.json.write_text(json.dumps(res, indent=2) + "\n")
