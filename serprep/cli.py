@@ -47,12 +47,14 @@ def main() -> None:
 @click.option("--max-copies", default=4, show_default=True, type=int, help="Most augmented copies per utterance when balancing.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for augmentation and sampling indices.")
 @click.option("--jobs", "-j", default=-1, show_default=True, type=int, help="Worker processes (-1 = all cores).")
+@click.option("--backend", type=click.Choice(["auto", "threads", "processes"]), default="auto", show_default=True,
+              help="Extraction workers: threads (plain builds), processes (used for --augment), auto picks.")
 @click.option("--strict", is_flag=True, help="Abort on the first unreadable audio file instead of skipping it.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--task-timeout", default=900.0, show_default=True, type=float, help="Seconds a worker may spend on one block.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def build(corpus, root, out, classes, subset, n_mels, segment_frames, segment_hop, augment, copies, balance,
-          max_copies, seed, jobs, strict, overwrite, task_timeout, quiet) -> None:
+          max_copies, seed, jobs, backend, strict, overwrite, task_timeout, quiet) -> None:
     """Build a feature store from a corpus directory.
 
     \b
@@ -67,7 +69,7 @@ def build(corpus, root, out, classes, subset, n_mels, segment_frames, segment_ho
         corpus=corpus, root=root, out=out, classes=classes, subset=subset,
         features=FeatureConfig(n_mels=n_mels),
         segments=SegmentConfig(frames=segment_frames, hop=segment_hop, min_hop=min(50, segment_hop)),
-        augment=augment, copies=copies, balance=balance, max_copies=max_copies, seed=seed, jobs=jobs,
+        augment=augment, copies=copies, balance=balance, max_copies=max_copies, seed=seed, jobs=jobs, backend=backend,
         strict=strict, overwrite=overwrite, progress=not quiet, task_timeout=task_timeout,
     )
     s = build_store(opts, log=lambda m: click.echo(m, err=True))

@@ -58,29 +58,45 @@ def tune_malloc() -> None:
         pass
 
 
-def warm_up(augment: bool) -> int:
-    """Runs once per worker while the writer reads the corpus: pay imports up front."""
+_PROCESS_PREPARED = False
+
+
+def prepare_worker_process() -> None:
+    """Once per worker process: malloc tuning and a single BLAS thread.
+
+    The workers already fill the cores, and multi-threaded OpenBLAS on these small matrices
+    was measured many times slower under contention. Only for worker processes: in the
+    caller's own process the limit is set with a context manager around the build instead.
+    """
+    global _PROCESS_PREPARED
+    if _PROCESS_PREPARED:
+        return
+    _PROCESS_PREPARED = True
     tune_malloc()
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1)
+
+
+def warm_up(augment: bool) -> int:
+    """Runs once per worker process while the writer reads the corpus: pay imports up front."""
+    prepare_worker_process()
     if augment:
         from . import augment as _augment  # noqa: F401  (audiomentations, scipy.signal)
-    from threadpoolctl import threadpool_info
-
-    threadpool_info()
     return 0
 
 
 def extract_block(tasks: list[Task], root: str, extract: LogMelExtractor, seg: SegmentConfig,
-                  augment: str | None, seed: int) -> list[dict[str, Any]]:
+                  augment: str | None, seed: int, worker_process: bool = False) -> list[dict[str, Any]]:
     """Decode, augment, featurise and segment one block of utterances.
 
-    Runs in a worker process and does all per-item arithmetic here (features in storage
-    layout, window offsets, coverage-weighted normalisation sums) so the single writing
-    process only copies bytes. Never raises for a bad file: the error text is returned for
-    the writer to record.
+    Runs in a worker (thread or process) and does all per-item arithmetic here (features in
+    storage layout, window offsets, coverage-weighted normalisation sums) so the single
+    writer only copies bytes. Never raises for a bad file: the error text is returned for the
+    writer to record.
     """
-    from threadpoolctl import threadpool_limits
-
-    tune_malloc()
+    if worker_process:
+        prepare_worker_process()
     cfg = extract.cfg
     augmenter = None
     if augment and any(t.copies for t in tasks):
@@ -88,28 +104,25 @@ def extract_block(tasks: list[Task], root: str, extract: LogMelExtractor, seg: S
 
         augmenter = Augmenter(load_preset(augment), cfg.sample_rate)
     results = []
-    # One BLAS thread per worker: the workers already fill the cores, and multi-threaded
-    # OpenBLAS on these small matrices is many times slower under contention.
-    with threadpool_limits(limits=1):
-        for task in tasks:
-            entry: dict[str, Any] = {"utt": task.utt, "items": [], "error": None}
-            try:
-                audio = load_audio(Path(root) / task.path, cfg.sample_rate, name=task.path)
-                entry.update(sha256=audio.sha256, source_rate=audio.source_sample_rate,
-                             duration=len(audio.samples) / cfg.sample_rate)
-                entry["items"].append(_featurise(audio.samples, 0, "", extract, seg, task.class_hop))
-                for copy in range(1, task.copies + 1):
-                    from .augment import copy_seed
+    for task in tasks:
+        entry: dict[str, Any] = {"utt": task.utt, "items": [], "error": None}
+        try:
+            audio = load_audio(Path(root) / task.path, cfg.sample_rate, name=task.path)
+            entry.update(sha256=audio.sha256, source_rate=audio.source_sample_rate,
+                         duration=len(audio.samples) / cfg.sample_rate)
+            entry["items"].append(_featurise(audio.samples, 0, "", extract, seg, task.class_hop))
+            for copy in range(1, task.copies + 1):
+                from .augment import copy_seed
 
-                    samples, chain = augmenter.apply(audio.samples, copy_seed(seed, task.utt_id, copy))
-                    entry["items"].append(_featurise(samples, copy, json.dumps(chain, sort_keys=True), extract, seg, task.class_hop))
-            except AudioError as exc:
-                entry["error"] = str(exc)
-                entry["items"] = []
-            except Exception as exc:  # an unexpected failure still names the file
-                entry["error"] = f"{task.path}: {type(exc).__name__}: {exc}"
-                entry["items"] = []
-            results.append(entry)
+                samples, chain = augmenter.apply(audio.samples, copy_seed(seed, task.utt_id, copy))
+                entry["items"].append(_featurise(samples, copy, json.dumps(chain, sort_keys=True), extract, seg, task.class_hop))
+        except AudioError as exc:
+            entry["error"] = str(exc)
+            entry["items"] = []
+        except Exception as exc:  # an unexpected failure still names the file
+            entry["error"] = f"{task.path}: {type(exc).__name__}: {exc}"
+            entry["items"] = []
+        results.append(entry)
     return results
 
 

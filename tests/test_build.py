@@ -163,11 +163,12 @@ def test_verify_detects_damage(iemocap_store, tmp_path):
     assert any("/segments/valid checksum mismatch" in p for p in problems)
 
 
-def test_same_input_same_store_content(iemocap_root, iemocap_store, tmp_path):
+@pytest.mark.parametrize("backend", ["threads", "processes"])
+def test_same_input_same_store_content(iemocap_root, iemocap_store, tmp_path, backend):
     root, _ = iemocap_root
     out, _, _ = iemocap_store
     again = tmp_path / "again.h5"
-    build("iemocap", root, again, jobs=2)  # parallel path gives the same bytes as jobs=1
+    build("iemocap", root, again, jobs=2, backend=backend)  # parallel workers give the same bytes as jobs=1
     with h5py.File(out, "r") as a, h5py.File(again, "r") as b:
         assert json.loads(a.attrs["checksums"]) == json.loads(b.attrs["checksums"])
         assert a.attrs["corpus_fingerprint"] == b.attrs["corpus_fingerprint"]
