@@ -36,6 +36,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_build.py
+	$(BIN)/python benchmarks/bench_train.py
 
 train: setup
 ifeq ($(CORPUS),demo)

@@ -163,6 +163,11 @@ def build_store(opts: BuildOptions, log=print) -> BuildSummary:
     from tqdm import tqdm
 
     t0 = time.perf_counter()
+    cfg, seg = opts.features, opts.segments
+    root = Path(opts.root)
+    out = Path(opts.out)
+    if out.exists() and not opts.overwrite:
+        raise SerprepError(f"{out}: already exists (use --overwrite to replace it)")
     jobs = (os.cpu_count() or 1) if opts.jobs in (0, -1, None) else max(1, opts.jobs)
     backend = resolve_backend(opts.backend, bool(opts.augment), jobs)
     processes = backend == "processes"
@@ -171,11 +176,6 @@ def build_store(opts: BuildOptions, log=print) -> BuildSummary:
     # Start worker processes now, so their start-up overlaps reading the corpus; the
     # extraction call below reuses them (loky keeps idle workers alive).
     warm = parallel(delayed(warm_up)(bool(opts.augment)) for _ in range(jobs)) if processes else iter(())
-    cfg, seg = opts.features, opts.segments
-    root = Path(opts.root)
-    out = Path(opts.out)
-    if out.exists() and not opts.overwrite:
-        raise SerprepError(f"{out}: already exists (use --overwrite to replace it)")
     spec = load_spec(opts.corpus)
     classes = opts.classes or spec.default_classes
     subset = opts.subset or spec.default_subset

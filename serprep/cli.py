@@ -46,7 +46,7 @@ def main() -> None:
 @click.option("--balance/--no-balance", default=False, show_default=True, help="Balance emotion classes in training data (denser hop + augmented copies for minority classes).")
 @click.option("--max-copies", default=4, show_default=True, type=int, help="Most augmented copies per utterance when balancing.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for augmentation and sampling indices.")
-@click.option("--jobs", "-j", default=-1, show_default=True, type=int, help="Worker processes (-1 = all cores).")
+@click.option("--jobs", "-j", default=-1, show_default=True, type=int, help="Extraction workers (-1 = all cores).")
 @click.option("--backend", type=click.Choice(["auto", "threads", "processes"]), default="auto", show_default=True,
               help="Extraction workers: threads (plain builds), processes (used for --augment), auto picks.")
 @click.option("--strict", is_flag=True, help="Abort on the first unreadable audio file instead of skipping it.")

@@ -12,6 +12,14 @@ from .store import StoreReader
 CHANNELS = ("static", "delta", "delta-delta")
 
 
+def _save(fig, path: Path, dpi: int) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def write_report(store: str | Path, out_dir: str | Path, scheme: str | None = None) -> list[Path]:
     """Write ``class_counts.png``, ``spectrograms.png`` and ``summary.md`` into ``out_dir``."""
     import matplotlib
@@ -58,10 +66,7 @@ def write_report(store: str | Path, out_dir: str | Path, scheme: str | None = No
         fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
         fig.suptitle(f"{r.corpus}: training segments per class, before (solid) and after (light) balancing; F/M stacked", fontsize=10)
         fig.tight_layout(rect=(0, 0.06, 1, 0.95))
-        path = out_dir / "class_counts.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, out_dir / "class_counts.png", dpi=110))
 
     # 2. One example triple-channel segment per class (the longest original).
     segs = r.segments()
@@ -86,10 +91,7 @@ def write_report(store: str | Path, out_dir: str | Path, scheme: str | None = No
             ax.set_xlabel("frame (10 ms)" if row == len(classes) - 1 else "")
     fig.suptitle(f"{r.corpus}: example log-Mel segment per class (static, delta, delta-delta)", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    path = out_dir / "spectrograms.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(fig, out_dir / "spectrograms.png", dpi=100))
 
     # 3. Markdown summary.
     u = summary["utterances"]
