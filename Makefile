@@ -55,7 +55,7 @@ endif
 	@echo
 	@echo "store:   $(STORE)  (serprep info $(STORE))"
 	@echo "report:  $(WORK)/report/summary.md, class_counts.png, spectrograms.png"
-	@echo "results: $(WORK)/runs/ (metrics.json, predictions.csv, confusion_matrix.png, training_curves.png)"
+	@echo "results: $(WORK)/runs/ (table.txt, metrics.json, predictions.csv, confusion.png, curves.png, fold_*/best.pt)"
 
 clean:
 	rm -rf $(VENV) $(WORK) runs
