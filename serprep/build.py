@@ -16,7 +16,6 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
-import math
 import os
 import platform
 import sys

@@ -100,7 +100,7 @@ def write_report(store: str | Path, out_dir: str | Path, scheme: str | None = No
         "",
         f"- corpus: {summary['corpus']}, {u['extracted']} utterances extracted of {u['selected']} selected "
         f"({u['total']} in corpus), {u['hours']:.2f} h, {u['speakers']} speakers",
-        f"- classes: " + ", ".join(f"{c} {n}" for c, n in u["by_class"].items()),
+        "- classes: " + ", ".join(f"{c} {n}" for c, n in u["by_class"].items()),
         f"- augmentation: {summary['build'].get('augment') or 'none'}, balance {'on' if summary['build'].get('balance') else 'off'}",
         f"- failed files: {u['failed']}",
         "",

@@ -17,7 +17,6 @@ from corpus_fixtures import (
     MSP_CONSENSUS_RE,
     SUMMARY_RE,
     make_iemocap,
-    make_msp_improv,
     speech_like,
 )
 

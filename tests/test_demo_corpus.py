@@ -164,7 +164,7 @@ def _digests(root: Path) -> dict[str, str]:
 def test_same_seed_same_bytes(tmp_path: Path) -> None:
     a = write_demo_corpus(tmp_path / "a", hours=0.01, seed=7)
     b = write_demo_corpus(tmp_path / "b", hours=0.01, seed=7)
-    c = write_demo_corpus(tmp_path / "c", hours=0.01, seed=8)
+    write_demo_corpus(tmp_path / "c", hours=0.01, seed=8)
     assert {k: v for k, v in a.items() if k != "root"} == {k: v for k, v in b.items() if k != "root"}
     da, db, dc = _digests(tmp_path / "a"), _digests(tmp_path / "b"), _digests(tmp_path / "c")
     assert sum(k.endswith(".wav") for k in da) >= 5
