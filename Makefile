@@ -51,6 +51,8 @@ else
 endif
 	$(BIN)/serprep verify $(STORE)
 	$(BIN)/serprep report $(STORE) --out $(WORK)/report
+	@# A rebuilt store makes earlier runs stale: start the cross-validation afresh.
+	rm -rf $(WORK)/runs
 	$(BIN)/sertrain cv $(STORE) --out $(WORK)/runs $(if $(EPOCHS),--epochs $(EPOCHS)) $(CV_ARGS)
 	@echo
 	@echo "store:   $(STORE)  (serprep info $(STORE))"

@@ -172,9 +172,6 @@ def build_store(opts: BuildOptions, log=print) -> BuildSummary:
     processes = backend == "processes"
     parallel = Parallel(n_jobs=jobs, backend="loky" if processes else "threading", return_as="generator",
                         pre_dispatch="2*n_jobs", timeout=opts.task_timeout if jobs > 1 else None)
-    # Start worker processes now, so their start-up overlaps reading the corpus; the
-    # extraction call below reuses them (loky keeps idle workers alive).
-    warm = parallel(delayed(warm_up)(bool(opts.augment)) for _ in range(jobs)) if processes else iter(())
     spec = load_spec(opts.corpus)
     classes = opts.classes or spec.default_classes
     subset = opts.subset or spec.default_subset
@@ -184,6 +181,10 @@ def build_store(opts: BuildOptions, log=print) -> BuildSummary:
     labelled = [i for i, e in enumerate(emotion) if e]
     if not labelled:
         raise SerprepError(f"{root}: no utterance falls in class set {classes!r} / subset {subset!r}")
+
+    # Start worker processes now, so their start-up overlaps the planning below; the
+    # extraction call reuses them (loky keeps idle workers alive).
+    warm = parallel(delayed(warm_up)(bool(opts.augment)) for _ in range(jobs)) if processes else iter(())
 
     # Header durations: needed up front only to plan balancing; the manifest's durations of
     # the other utterances are read in a thread while the workers extract.
@@ -389,10 +390,11 @@ def build_store(opts: BuildOptions, log=print) -> BuildSummary:
     except BaseException as exc:
         stack.close()
         writer.abort()
-        if results is not None:
-            with warnings.catch_warnings():  # joblib warns that queued blocks were cancelled: intended
-                warnings.simplefilter("ignore")
-                results.close()
+        with warnings.catch_warnings():  # joblib warns that queued blocks were cancelled: intended
+            warnings.simplefilter("ignore")
+            for generator in (results, warm):
+                if generator is not None and hasattr(generator, "close"):
+                    generator.close()
         if type(exc).__name__ in ("TerminatedWorkerError",):
             raise SerprepError(f"a feature worker process died ({exc}); try --jobs 1 to see the failing file") from None
         if isinstance(exc, TimeoutError):
