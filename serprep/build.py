@@ -447,7 +447,6 @@ def _write_fold(writer: StoreWriter, scheme: str, fold: ResolvedFold, segs: dict
     base = segs["dense"][train_segments] == 0
     target = max(int(np.sum(~train_copy & base & (seg_class == k))) for k in range(len(class_names)))
     index = balanced_index(originals, copies, rng, target=target)
-    eligible = train_segments
 
     w = spk_weight[part_ids["train"]].sum()
     if w <= 0:
@@ -467,7 +466,7 @@ def _write_fold(writer: StoreWriter, scheme: str, fold: ResolvedFold, segs: dict
     counts = {
         "unit": "segments",
         "before": per_class(before),
-        "available": per_class(eligible),
+        "available": per_class(train_segments),
         "after": per_class(index),
         "before_by_gender": by_gender(before),
         "after_by_gender": by_gender(index),

@@ -138,11 +138,6 @@ def extractor(cfg: FeatureConfig) -> LogMelExtractor:
     return LogMelExtractor(cfg)
 
 
-def log_mel(samples: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
-    """Log-Mel spectrogram, shape ``[T, n_mels]``."""
-    return extractor(cfg).log_mel(samples)
-
-
 def regression_delta(x: np.ndarray, width: int) -> np.ndarray:
     """Regression delta along axis 0: ``sum_k k (x[t+k] - x[t-k]) / (2 sum_k k^2)``, k = 1..N.
 

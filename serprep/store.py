@@ -176,13 +176,9 @@ class StoreWriter:
         self._done = False
 
     # -- features ---------------------------------------------------------------------------
-    def add_item(self, utt: int, copy: int, features: np.ndarray, augmentation: str = "") -> tuple[int, int]:
-        """Append one item's ``[3, T, n_mels]`` features; returns ``(item_id, frame_start)``."""
-        return self.add_frames(utt, copy, features.transpose(1, 0, 2), augmentation)
-
     def add_frames(self, utt: int, copy: int, frames: np.ndarray, augmentation: str = "",
                    digest: str | None = None) -> tuple[int, int]:
-        """Append one item already in storage layout ``[T, 3, n_mels]``.
+        """Append one item's frames in storage layout ``[T, 3, n_mels]``; returns ``(item_id, frame_start)``.
 
         ``digest`` is :func:`frames_digest` of ``frames`` when the caller already has it.
         """
