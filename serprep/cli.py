@@ -16,13 +16,17 @@ CORPUS_NAMES = ("iemocap", "msp-improv")
 
 
 class _Group(click.Group):
-    """Turns :class:`SerprepError` into a one-line ``error:`` message and exit code 1."""
+    """Turns :class:`SerprepError` and ``OSError`` into a one-line ``error:`` message, exit code 1."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except SerprepError as exc:
             click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+        except OSError as exc:  # disk full, permissions, ...: still one line, no traceback
+            where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+            click.echo(f"error: {where}{exc.strerror or exc}", err=True)
             ctx.exit(1)
 
 

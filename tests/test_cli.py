@@ -137,3 +137,12 @@ def test_clean_corpus_store_has_empty_failure_table(tmp_path):
     assert r.exit_code == 0, r.output
     assert "skipped files" not in r.output and ", 0 failed;" in r.output
     assert CliRunner().invoke(main, ["report", str(store), "--out", str(tmp_path / "rep")]).exit_code == 0
+
+
+def test_unwritable_output_is_a_one_line_error(cli_store, tmp_path):
+    out, _ = cli_store
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    _one_line_error(CliRunner().invoke(main, ["manifest", str(out), "--out", str(tmp_path / "nodir" / "u.csv")]),
+                    "non-existent directory")
+    _one_line_error(CliRunner().invoke(main, ["report", str(out), "--out", str(blocker / "rep")]), str(blocker))
