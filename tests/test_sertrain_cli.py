@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from sertrain.cli import main
-from test_sertrain_fixtures import learnable_store, mels64_store, no_folds_store, store_base
+from sertrain_fixtures import learnable_store, mels64_store, no_folds_store, store_base
 
 FAST = ["--epochs", "1", "--num-workers", "0", "--device", "cpu", "--config", "cpu-small"]
 

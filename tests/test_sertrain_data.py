@@ -20,7 +20,7 @@ from sertrain.data import (
     speaker_map,
 )
 from sertrain.errors import InputError
-from test_sertrain_fixtures import learnable_store, no_folds_store, store_base
+from sertrain_fixtures import learnable_store, no_folds_store, store_base
 
 
 @pytest.fixture(scope="module")

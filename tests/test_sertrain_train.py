@@ -1,6 +1,6 @@
 """sertrain.train / checkpoint / evaluate / predict on a real store built by serprep.
 
-The store is learnable (``test_sertrain_fixtures``): emotion is audible in pitch, loudness
+The store is learnable (``sertrain_fixtures``): emotion is audible in pitch, loudness
 and spectral tilt. Chance UA on 4 classes is 25 %.
 """
 
@@ -19,7 +19,7 @@ from sertrain.errors import InputError
 from sertrain.evaluate import evaluate_checkpoint
 from sertrain.predict import predict_files
 from sertrain.train import multitask_loss, train_fold
-from test_sertrain_fixtures import learnable_store, mels64_store, store_base
+from sertrain_fixtures import learnable_store, mels64_store, store_base
 
 #: The stated bar: best-validation checkpoint after 5 short epochs (~40 optimiser steps),
 #: utterance-level UA on the held-out session's two speakers.
