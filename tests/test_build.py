@@ -45,7 +45,7 @@ def test_manifest_keeps_every_utterance_with_mapped_classes(iemocap_store):
     assert list(m.columns[:9]) == ["utt_id", "corpus", "session", "speaker", "gender", "emotion_raw", "emotion", "duration", "path"]
 
 
-def test_corrupt_files_are_skipped_and_recorded(iemocap_store):
+def test_corrupt_files_are_skipped_and_recorded(iemocap_store, iemocap_root):
     out, summary, truth = iemocap_store
     corrupt = {d["path"] for d in truth if d["corrupt"] and d["emotion_raw"] in MERGED}
     assert corrupt, "fixture must hold a corrupt labelled file"
@@ -53,6 +53,8 @@ def test_corrupt_files_are_skipped_and_recorded(iemocap_store):
     failures = r.failures()
     assert set(failures["path"]) == corrupt
     assert all(p in e for p, e in zip(failures["path"], failures["error"]))
+    root = str(iemocap_root[0])
+    assert not any(root in e for e in failures["error"])  # no absolute paths in the store
     assert any("empty file" in e for e in failures["error"])
     m = r.manifest().set_index("path")
     assert set(m.loc[sorted(corrupt), "status"]) == {"failed"}
