@@ -41,19 +41,23 @@ def _window(cfg: FeatureConfig) -> np.ndarray:
     return padded.astype(np.float32)
 
 
+# Slaney's mel scale (librosa's default): linear below 1 kHz, logarithmic above.
+_MEL_F_SP = 200.0 / 3
+_MEL_MIN_LOG_HZ = 1000.0
+_MEL_MIN_LOG_MEL = _MEL_MIN_LOG_HZ / _MEL_F_SP
+_MEL_LOGSTEP = np.log(6.4) / 27.0
+
+
 def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
-    """Slaney's mel scale: linear below 1 kHz, logarithmic above (librosa's default)."""
     hz = np.asarray(hz, dtype=np.float64)
-    f_sp = 200.0 / 3
-    min_log_hz, min_log_mel, logstep = 1000.0, 1000.0 / f_sp, np.log(6.4) / 27.0
-    return np.where(hz >= min_log_hz, min_log_mel + np.log(np.maximum(hz, 1e-10) / min_log_hz) / logstep, hz / f_sp)
+    log_part = _MEL_MIN_LOG_MEL + np.log(np.maximum(hz, 1e-10) / _MEL_MIN_LOG_HZ) / _MEL_LOGSTEP
+    return np.where(hz >= _MEL_MIN_LOG_HZ, log_part, hz / _MEL_F_SP)
 
 
 def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
     mel = np.asarray(mel, dtype=np.float64)
-    f_sp = 200.0 / 3
-    min_log_hz, min_log_mel, logstep = 1000.0, 1000.0 / f_sp, np.log(6.4) / 27.0
-    return np.where(mel >= min_log_mel, min_log_hz * np.exp(logstep * (mel - min_log_mel)), f_sp * mel)
+    log_part = _MEL_MIN_LOG_HZ * np.exp(_MEL_LOGSTEP * (mel - _MEL_MIN_LOG_MEL))
+    return np.where(mel >= _MEL_MIN_LOG_MEL, log_part, _MEL_F_SP * mel)
 
 
 @lru_cache(maxsize=8)
