@@ -111,7 +111,7 @@ def resolve_backend(backend: str, augment: bool, jobs: int) -> str:
 
     Threads are the default for plain builds: the decode, FFT, matmul and hashing all run
     with the GIL released, and threads start instantly and hand arrays to the writer without
-    pickling (measured ~1.8x from the second thread). Augmentation goes to processes, because
+    pickling (measured 1.4-1.8x from the second thread on 2 cores). Augmentation goes to processes, because
     audiomentations draws from process-global random state, which a lock serialises.
     """
     if backend not in ("auto", "threads", "processes"):
@@ -444,8 +444,8 @@ def _write_fold(writer: StoreWriter, scheme: str, fold: ResolvedFold, segs: dict
     seg_class = segs["emotion"][train_segments]
     originals = {k: train_segments[~train_copy & (seg_class == k)] for k in range(len(class_names))}
     copies = {k: train_segments[train_copy & (seg_class == k)] for k in range(len(class_names))}
-    base = segs["dense"][train_segments] == 0
-    target = max(int(np.sum(~train_copy & base & (seg_class == k))) for k in range(len(class_names)))
+    before = train_segments[original[train_segments]]  # plain windows of the originals
+    target = int(np.bincount(segs["emotion"][before], minlength=len(class_names)).max()) if len(before) else 0
     index = balanced_index(originals, copies, rng, target=target)
 
     w = spk_weight[part_ids["train"]].sum()
@@ -462,7 +462,6 @@ def _write_fold(writer: StoreWriter, scheme: str, fold: ResolvedFold, segs: dict
     def by_gender(ids: np.ndarray) -> dict[str, dict[str, int]]:
         return {g: per_class(ids[segs["gender"][ids] == gi]) for gi, g in enumerate(GENDERS)}
 
-    before = train_segments[original[train_segments]]
     counts = {
         "unit": "segments",
         "before": per_class(before),

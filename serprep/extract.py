@@ -100,7 +100,7 @@ def extract_block(tasks: list[Task], root: str, extract: LogMelExtractor, seg: S
     cfg = extract.cfg
     augmenter = None
     if augment and any(t.copies for t in tasks):
-        from .augment import Augmenter, load_preset
+        from .augment import Augmenter, copy_seed, load_preset
 
         augmenter = Augmenter(load_preset(augment), cfg.sample_rate)
     results = []
@@ -112,8 +112,6 @@ def extract_block(tasks: list[Task], root: str, extract: LogMelExtractor, seg: S
                          duration=len(audio.samples) / cfg.sample_rate)
             entry["items"].append(_featurise(audio.samples, 0, "", extract, seg, task.class_hop))
             for copy in range(1, task.copies + 1):
-                from .augment import copy_seed
-
                 samples, chain = augmenter.apply(audio.samples, copy_seed(seed, task.utt_id, copy))
                 entry["items"].append(_featurise(samples, copy, json.dumps(chain, sort_keys=True), extract, seg, task.class_hop))
         except AudioError as exc:
