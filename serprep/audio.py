@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ def decode_bytes(data: bytes, name: str, target_rate: int) -> DecodedAudio:
     Raises :class:`AudioError` naming ``name`` when the bytes are empty, undecodable,
     hold no samples, or hold non-finite values.
     """
-    return _decoded(io.BytesIO(data), _digest(data, name), name, target_rate)
+    return _decoded(io.BytesIO(data), _digest(data, name), name, target_rate, data)
 
 
 def _digest(data: bytes, name: str) -> str:
@@ -41,11 +43,74 @@ def _digest(data: bytes, name: str) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _decoded(source: Any, digest: str, name: str, target_rate: int) -> DecodedAudio:
-    try:
-        samples, rate = sf.read(source, dtype="float32", always_2d=True)
-    except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
-        raise AudioError(f"{name}: cannot decode audio ({_first_line(exc)})") from None
+_WAVE_FORMAT_PCM = 0x0001
+_WAVE_FORMAT_EXTENSIBLE = 0xFFFE
+# KSDATAFORMAT_SUBTYPE_PCM after its first two bytes (which repeat the format tag).
+_PCM_SUBFORMAT_TAIL = bytes.fromhex("000000001000800000aa00389b71")
+_PCM16_SCALE = np.float32(1.0 / 32768.0)  # libsndfile's int16 -> float normalisation
+
+
+def _pcm16_layout(head: bytes, file_size: int) -> tuple[int, int, int, int] | None:
+    """(data offset, data bytes, channels, rate) of a plain 16-bit PCM RIFF/WAVE file.
+
+    ``head`` is the file's first bytes (the whole file, or enough to reach the data chunk's
+    header). None for anything else, including a header that disagrees with ``file_size``.
+    """
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    fmt: tuple[int, int, int, int] | None = None
+    pos = 12
+    while pos + 8 <= len(head):
+        chunk, size = head[pos : pos + 4], int.from_bytes(head[pos + 4 : pos + 8], "little")
+        body = pos + 8
+        if body + size > file_size:
+            return None  # truncated chunk: libsndfile decides what is left
+        if chunk == b"fmt ":
+            if size < 16 or body + size > len(head):
+                return None
+            tag, channels, rate, _, block_align, bits = struct.unpack_from("<HHIIHH", head, body)
+            if tag == _WAVE_FORMAT_EXTENSIBLE:
+                if size < 40 or head[body + 26 : body + 40] != _PCM_SUBFORMAT_TAIL:
+                    return None
+                tag = int.from_bytes(head[body + 24 : body + 26], "little")
+            fmt = (tag, channels, rate, bits) if block_align == 2 * channels else None
+        elif chunk == b"data":
+            if fmt is None:
+                return None
+            tag, channels, rate, bits = fmt
+            if tag != _WAVE_FORMAT_PCM or bits != 16 or channels < 1 or rate < 1 or size % (2 * channels):
+                return None
+            return body, size, channels, rate
+        pos = body + size + (size & 1)  # chunks are word-aligned
+    return None
+
+
+def pcm16_wav(data: bytes) -> tuple[np.ndarray, int] | None:
+    """Samples ``[n, channels]`` (float32) and rate of a plain 16-bit PCM RIFF/WAVE file.
+
+    The corpora ship this format, and decoding it here from bytes already in memory is ~8x
+    faster than a libsndfile call per file, which was a fifth of extraction time. The values
+    are exactly libsndfile's (``int16 / 32768``, tested). Returns None for anything else
+    (other encodings, RF64, a header that disagrees with the file size): soundfile decodes
+    those, and reports their errors in its words.
+    """
+    layout = _pcm16_layout(data, len(data))
+    if layout is None:
+        return None
+    body, size, channels, rate = layout
+    ints = np.frombuffer(data, dtype="<i2", count=size // 2, offset=body)
+    return np.multiply(ints, _PCM16_SCALE, dtype=np.float32).reshape(-1, channels), rate
+
+
+def _decoded(source: Any, digest: str, name: str, target_rate: int, data: bytes | None = None) -> DecodedAudio:
+    fast = pcm16_wav(data) if data is not None else None
+    if fast is not None:
+        samples, rate = fast
+    else:
+        try:
+            samples, rate = sf.read(source, dtype="float32", always_2d=True)
+        except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
+            raise AudioError(f"{name}: cannot decode audio ({_first_line(exc)})") from None
     if samples.shape[0] == 0:
         raise AudioError(f"{name}: audio has no samples")
     mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
@@ -67,17 +132,27 @@ def load_audio(path: str | Path, target_rate: int, name: str | None = None) -> D
     """Read and decode one file; errors name ``name`` (default: the path)."""
     label = name if name is not None else str(path)
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:  # plain open, not pathlib: this runs once per file
+            data = f.read()
     except OSError as exc:
         raise AudioError(f"{label}: cannot read file ({exc.strerror or exc})") from None
     digest = _digest(data, label)
-    # libsndfile reads the path itself: decoding from memory would call back into Python for
-    # every read, holding the GIL, which costs a second extraction thread ~10 % here.
-    return _decoded(str(path), digest, label, target_rate)
+    # Plain 16-bit WAV decodes from the bytes in hand. For anything else libsndfile reads the
+    # path itself: decoding from memory would call back into Python for every read, holding
+    # the GIL, which cost a second extraction thread ~10 % here.
+    return _decoded(str(path), digest, label, target_rate, data)
 
 
 def audio_duration(path: str | Path) -> float | None:
     """Duration in seconds from the file header, or None if the header is unreadable."""
+    try:  # plain 16-bit WAV: from the first bytes, without a libsndfile call
+        with open(path, "rb") as f:
+            layout = _pcm16_layout(f.read(4096), os.fstat(f.fileno()).st_size)
+        if layout is not None:
+            _, size, channels, rate = layout
+            return size // (2 * channels) / rate
+    except OSError:
+        return None
     try:
         info = sf.info(str(path))
     except Exception:
