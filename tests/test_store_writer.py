@@ -1,0 +1,85 @@
+"""StoreWriter internals a user relies on: frames land where the item table says, checksums
+recorded while writing equal a recomputation from the file, and older stores still verify."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import h5py
+import numpy as np
+
+from serprep.checksum import combine_item_digests, frames_digest
+from serprep.config import FeatureConfig
+from serprep.store import CHUNK_FRAMES, StoreWriter, _attrs_digest, _plain, dataset_digest, verify
+
+
+def _minimal_tables(writer: StoreWriter, n_utts: int) -> None:
+    """The groups `verify` expects in any store."""
+    writer.write_table("manifest", {"utt_id": [f"u{i}" for i in range(n_utts)]})
+    writer.write_table("segments", {"item": np.arange(n_utts), "offset": np.zeros(n_utts, np.int64)})
+    writer.write_table("vocab", {"emotion": ["ang", "neu"]})
+
+
+def test_frames_round_trip_across_buffer_and_chunk_boundaries(tmp_path):
+    cfg = FeatureConfig(n_mels=8)
+    # A buffer of two chunks: items straddle flushes and chunk edges, one is longer than the buffer.
+    writer = StoreWriter(tmp_path / "s.h5", cfg, buffer_bytes=2 * CHUNK_FRAMES * 3 * 8 * 4)
+    rng = np.random.default_rng(0)
+    lengths = [1, 255, 256, 257, 2 * CHUNK_FRAMES + 3, 7, 1000, 13]
+    items = [rng.standard_normal((n, 3, 8)).astype(np.float32) for n in lengths]
+    starts = [writer.add_frames(i, 0, x)[1] for i, x in enumerate(items)]
+    _minimal_tables(writer, len(items))
+    writer.finalize()
+    assert starts == np.concatenate([[0], np.cumsum(lengths)[:-1]]).tolist()
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        assert f["features"].shape == (sum(lengths), 3, 8)
+        for x, start in zip(items, starts):
+            np.testing.assert_array_equal(f["features"][start : start + len(x)], x)
+    assert verify(tmp_path / "s.h5") == []
+
+
+def test_checksums_recorded_while_writing_match_the_file(tmp_path):
+    writer = StoreWriter(tmp_path / "s.h5", FeatureConfig())
+    writer.add_frames(0, 0, np.ones((5, 3, 40), np.float32))
+    writer.write_table("manifest", {
+        "utt_id": ["a", "b\u00e9", ""], "duration": [1.5, float("nan"), 2.0], "n": [1, 2, 3],
+        "flag": np.array([True, False, True]),
+    })
+    writer.write_table("failures", {"path": np.array([], dtype=object)})
+    writer.write_array("folds/loso/1/norm_mean", np.zeros((3, 40), np.float32))
+    writer.write_array("folds/loso/1/test_utts", np.arange(0))
+    writer.finalize()
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        recorded = json.loads(_plain(f.attrs["checksums"]))
+        for name in ("manifest/utt_id", "manifest/duration", "manifest/n", "manifest/flag", "failures/path",
+                     "folds/loso/1/norm_mean", "folds/loso/1/test_utts", "items/frame_start"):
+            assert recorded[name] == dataset_digest(f[name]), name
+
+
+def test_stores_with_sha256_item_checksums_still_verify(tmp_path):
+    """Stores written before ``item_checksum`` existed hashed each item with SHA-256."""
+    path = tmp_path / "old.h5"
+    writer = StoreWriter(path, FeatureConfig())
+    rng = np.random.default_rng(3)
+    for k in range(3):
+        writer.add_frames(k, 0, rng.standard_normal((40 + k, 3, 40)).astype(np.float32))
+    _minimal_tables(writer, 3)
+    writer.finalize()
+    with h5py.File(path, "r+") as f:
+        ds, counts = f["features"], f["items/n_frames"][()]
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        legacy = combine_item_digests(ds.shape, [frames_digest(ds[s : s + n], "sha256") for s, n in zip(starts, counts)],
+                                      "sha256")
+        checksums = json.loads(_plain(f.attrs["checksums"]))
+        assert checksums["features"] != legacy
+        checksums["features"] = legacy
+        f.attrs["checksums"] = json.dumps(checksums, sort_keys=True)
+        del f.attrs["item_checksum"]
+        f.attrs["attrs_sha256"] = _attrs_digest(f.attrs)
+    assert verify(path) == []
+    damaged = tmp_path / "damaged.h5"
+    shutil.copy(path, damaged)
+    with h5py.File(damaged, "r+") as f:
+        f["features"][41, 2, 7] = 0.5
+    assert any("/features checksum mismatch" in p for p in verify(damaged))
