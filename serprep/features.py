@@ -4,11 +4,16 @@ The computation is the textbook one (pre-emphasis, Hann-windowed STFT, power, Sl
 filterbank, natural log, librosa's regression deltas), written with a pre-built window and
 filterbank and single-precision FFTs so that one core extracts several thousand times real
 time. ``tests/test_features.py`` checks it against plain ``librosa`` calls.
+
+The FFTs are ducc0's (the successor of the pocketfft that numpy and scipy ship, by the same
+author): it imports in ~3 ms where ``scipy.fft`` takes ~150 ms, a tenth of a 1-hour build,
+and its real FFT is ~10 % faster here.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Sequence
 
 import numpy as np
 
@@ -80,18 +85,28 @@ def mel_filterbank(cfg: FeatureConfig) -> np.ndarray:
     return np.ascontiguousarray(weights.T, dtype=np.float32)
 
 
-def preemphasize(samples: np.ndarray, coef: float) -> np.ndarray:
-    """``y[n] - coef * y[n-1]`` with ``y[-1] = 0`` (``scipy.signal.lfilter([1, -coef], [1], y)``).
+def _mel_blocks(weights: np.ndarray, interleaved: bool) -> list[tuple[int, int, int, int, np.ndarray]]:
+    """The filterbank as dense blocks: ``(row_lo, row_hi, mel_lo, mel_hi, block)``.
 
-    librosa's ``preemphasis`` extrapolates an initial state instead, which changes only the
-    first sample; the textbook zero initial state is used here and in the reference test.
+    Each FFT bin feeds at most two mel bands, so ~95 % of the ``[bins, n_mels]`` matrix is
+    zero. Groups of eight consecutive bands need only their own bins' rows: five small
+    matmuls do the work of the dense one in ~45 % of the time (measured). With
+    ``interleaved`` the rows are repeated for the real and imaginary parts of a complex
+    spectrum viewed as float32 pairs, so the squared spectrum needs no separate power array.
     """
-    y = np.asarray(samples, dtype=np.float32)
-    if coef == 0.0 or y.size == 0:
-        return y.copy()
-    out = y.copy()
-    out[1:] -= np.float32(coef) * y[:-1]
-    return out
+    n_bins, n_mels = weights.shape
+    blocks = []
+    for lo in range(0, n_mels, 8):
+        hi = min(n_mels, lo + 8)
+        rows = np.flatnonzero(np.any(weights[:, lo:hi] != 0, axis=1))
+        if len(rows) == 0:
+            continue  # empty bands (fmax above Nyquist or too many mels) stay zero
+        r0, r1 = int(rows[0]), int(rows[-1]) + 1
+        block = weights[r0:r1, lo:hi]
+        if interleaved:
+            block, r0, r1 = np.repeat(block, 2, axis=0), 2 * r0, 2 * r1
+        blocks.append((r0, r1, lo, hi, np.ascontiguousarray(block, dtype=np.float32)))
+    return blocks
 
 
 class LogMelExtractor:
@@ -104,36 +119,94 @@ class LogMelExtractor:
         self.cfg = cfg
         self.window = _window(cfg)
         self.mel = mel_filterbank(cfg)
+        self._blocks = _mel_blocks(self.mel, interleaved=cfg.power == 2.0)
 
-    def log_mel(self, samples: np.ndarray) -> np.ndarray:
-        """Log-Mel spectrogram, shape ``[T, n_mels]``, T = ``cfg.n_frames(len(samples))``."""
+    def frames_many(self, signals: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Static, delta and delta-delta of several signals: float32 ``[T_i, 3, n_mels]`` each.
+
+        The signals are laid end to end (each in its own zero pad, starting on a hop
+        boundary) and go through one STFT, mel and log pass in batches of ~1,000 frames, so
+        a block of utterances costs a few dozen numpy calls instead of a few dozen per
+        utterance: with two extraction threads the per-call overhead, which holds the GIL,
+        was what kept the second thread idle. The frames between two signals are computed
+        and dropped (~3 per utterance). The results are views of one array.
+        """
         cfg = self.cfg
-        y = preemphasize(samples, cfg.preemphasis)
-        if cfg.center:
-            # librosa >= 0.10 pads with zeros ("constant") when centering.
-            y = np.pad(y, cfg.n_fft // 2)
-        n_frames = 0 if len(y) < cfg.n_fft else 1 + (len(y) - cfg.n_fft) // cfg.hop_length
-        if n_frames == 0:
-            return np.zeros((0, cfg.n_mels), dtype=np.float32)
-        y = np.ascontiguousarray(y, dtype=np.float32)
-        frames = np.lib.stride_tricks.as_strided(
-            y, shape=(n_frames, cfg.n_fft), strides=(y.strides[0] * cfg.hop_length, y.strides[0])
-        )
-        import scipy.fft  # here, not at module level: the writer process never runs an FFT
+        hop, n_fft = cfg.hop_length, cfg.n_fft
+        pad = n_fft // 2 if cfg.center else 0
+        lengths = [len(y) for y in signals]
+        counts = [cfg.n_frames(n) for n in lengths]
+        spans = [-(-(n + 2 * pad) // hop) * hop for n in lengths]  # whole hops per signal
+        starts = np.concatenate([[0], np.cumsum(spans)]).astype(np.int64)
+        padded = np.zeros(int(starts[-1]) + n_fft, dtype=np.float32)
+        for y, start, n in zip(signals, starts.tolist(), lengths):
+            y = np.asarray(y, dtype=np.float32)
+            body = padded[start + pad : start + pad + n]
+            # Pre-emphasis y[n] - c * y[n-1] with y[-1] = 0 (scipy.signal.lfilter([1, -c], [1], y);
+            # librosa's preemphasis extrapolates an initial state instead, which changes only
+            # the first sample), written straight into the centring pad: librosa >= 0.10 pads
+            # with zeros ("constant") when centering.
+            if cfg.preemphasis and n > 1:
+                np.multiply(y[:-1], np.float32(-cfg.preemphasis), out=body[1:])
+            body += y
+        total = 1 + (len(padded) - n_fft) // hop
+        frames = np.lib.stride_tricks.as_strided(padded, shape=(total, n_fft), strides=(4 * hop, 4))
+        static = np.zeros((total, cfg.n_mels), dtype=np.float32)
+        import ducc0  # here, not at module level: the writer process never runs an FFT
 
-        spectrum = scipy.fft.rfft(frames * self.window, axis=1)
-        power = spectrum.real**2 + spectrum.imag**2
-        if cfg.power != 2.0:
-            power **= cfg.power / 2.0
-        mel = power @ self.mel
-        mel += np.float32(cfg.log_offset)
-        return np.log(mel, out=mel)
+        for a in range(0, total, _FRAMES_PER_PASS):
+            b = min(total, a + _FRAMES_PER_PASS)
+            spectrum = ducc0.fft.r2c(frames[a:b] * self.window, axes=(1,))
+            if cfg.power == 2.0:
+                source = spectrum.view(np.float32)  # [frames, 2 * bins]: re, im, re, im, ...
+                np.square(source, out=source)
+            else:
+                source = (spectrum.real**2 + spectrum.imag**2) ** np.float32(cfg.power / 2.0)
+            for r0, r1, m0, m1, block in self._blocks:
+                np.matmul(source[:, r0:r1], block, out=static[a:b, m0:m1])
+        static += np.float32(cfg.log_offset)
+        np.log(static, out=static)
+
+        # Deltas over the whole sequence, then each signal's edges set as regression_delta
+        # does (signals shorter than the delta window are done on their own).
+        first = (starts[:-1] // hop).tolist()
+        d1 = _delta_pass(static, cfg.delta_width, first, counts)
+        d2 = _delta_pass(d1, cfg.delta_width, first, counts)
+        stacked = np.stack([static, d1, d2], axis=1)
+        return [stacked[f : f + t] for f, t in zip(first, counts)]
+
+    def frames(self, samples: np.ndarray) -> np.ndarray:
+        """Static, delta and delta-delta in the store's layout: float32 ``[T, 3, n_mels]``."""
+        return self.frames_many([samples])[0]
 
     def __call__(self, samples: np.ndarray) -> np.ndarray:
         """Static, delta and delta-delta: float32 ``[3, T, n_mels]``."""
-        static = self.log_mel(samples)
-        d1, d2 = deltas(static, self.cfg.delta_width)
-        return np.stack([static, d1, d2])
+        return np.ascontiguousarray(self.frames(samples).transpose(1, 0, 2))
+
+
+# Frames per STFT pass in LogMelExtractor.frames_many: ~2 MiB of windowed frames, so each
+# pass's arrays stay in cache.
+_FRAMES_PER_PASS = 512
+
+
+def _delta_pass(x: np.ndarray, width: int, first: list[int], counts: list[int]) -> np.ndarray:
+    """:func:`regression_delta` of each ``x[f : f + t]``, computed in one pass over ``x``."""
+    n = width // 2
+    out = np.zeros_like(x)
+    if len(x) >= width:
+        denom = np.float32(2 * sum(k * k for k in range(1, n + 1)))
+        core = out[n : len(x) - n]
+        np.subtract(x[n + 1 : len(x) - n + 1], x[n - 1 : len(x) - n - 1], out=core)
+        for k in range(2, n + 1):
+            core += np.float32(k) * (x[n + k : len(x) - n + k] - x[n - k : len(x) - n - k])
+        core /= denom
+    for f, t in zip(first, counts):
+        if t >= width:
+            out[f : f + n] = out[f + n]
+            out[f + t - n : f + t] = out[f + t - n - 1]
+        elif t > 0:
+            out[f : f + t] = regression_delta(x[f : f + t], width)
+    return out
 
 
 @lru_cache(maxsize=8)

@@ -51,12 +51,28 @@ def test_frame_count_is_one_per_hop():
         assert logmel_3ch(y, cfg).shape[1] == 1 + n // 160
 
 
-def test_config_values_are_honoured():
-    cfg = FeatureConfig(hop_length=320, n_mels=64, preemphasis=0.0)
+@pytest.mark.parametrize("overrides", [
+    dict(hop_length=320, n_mels=64, preemphasis=0.0),
+    dict(power=1.0, center=False),
+    dict(n_mels=80, fmin=60.0, fmax=6000.0, window="hamming"),
+    dict(n_mels=23, n_fft=1024, win_length=640),
+])
+def test_config_values_are_honoured(overrides):
+    cfg = FeatureConfig(**overrides)
     y = speech_like(16000, 16000, f0=120.0, formant_scale=1.1, seed=1, peak=0.5).astype(np.float32)
     out = logmel_3ch(y, cfg)
-    assert out.shape == (3, 1 + 16000 // 320, 64)
+    assert out.shape == (3, cfg.n_frames(16000), cfg.n_mels)
     np.testing.assert_allclose(out, reference(y, cfg), atol=1e-4, rtol=0)
+
+
+def test_storage_layout_is_the_same_features():
+    from serprep.features import extractor
+
+    cfg = FeatureConfig()
+    y = speech_like(12345, 16000, f0=150.0, formant_scale=1.0, seed=2, peak=0.5).astype(np.float32)
+    frames = extractor(cfg).frames(y)
+    assert frames.shape == (cfg.n_frames(len(y)), 3, cfg.n_mels) and frames.flags.c_contiguous
+    np.testing.assert_array_equal(frames, logmel_3ch(y, cfg).transpose(1, 0, 2))
 
 
 def test_very_short_input_still_gives_finite_features():
@@ -86,3 +102,21 @@ def test_filterbank_and_window_equal_librosa(n_mels, fmin, fmax, sr):
     np.testing.assert_allclose(mel_filterbank(cfg).T, ref, rtol=1e-5, atol=1e-7)
     win = librosa.util.pad_center(librosa.filters.get_window("hann", 400, fftbins=True), size=512)
     np.testing.assert_allclose(_window(cfg), win, atol=1e-7)
+
+
+@pytest.mark.parametrize("center", [True, False])
+def test_a_batch_of_signals_gives_each_signals_own_features(center):
+    """frames_many lays signals end to end for one FFT pass; nothing may leak between them."""
+    from serprep.features import extractor
+
+    cfg = FeatureConfig(center=center)
+    rng = np.random.default_rng(7)
+    lengths = [1, 100, 399, 400, 641, 800, 3 * 16000 + 17, 160 * 7, 5000]
+    signals = [speech_like(max(n, 1), 16000, f0=100.0 + 10 * i, formant_scale=1.0, seed=i, peak=0.5)[:n].astype(np.float32)
+               if n > 400 else rng.standard_normal(n).astype(np.float32) * 0.3 for i, n in enumerate(lengths)]
+    batch = extractor(cfg).frames_many(signals)
+    assert [b.shape[0] for b in batch] == [cfg.n_frames(n) for n in lengths]
+    for y, frames in zip(signals, batch):
+        np.testing.assert_array_equal(frames, extractor(cfg).frames_many([y])[0])
+        if frames.shape[0] >= cfg.delta_width:  # librosa.feature.delta needs a full window
+            np.testing.assert_allclose(frames.transpose(1, 0, 2), reference(y, cfg), atol=1e-4, rtol=0)
