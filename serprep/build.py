@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import sys
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +36,7 @@ from .balance import balanced_index, class_hops, copy_rates, utterance_copies
 from .config import FeatureConfig, SegmentConfig
 from .corpora import Utterance, read_corpus
 from .errors import SerprepError
-from .extract import Task, extract_block, tune_malloc, warm_up
+from .extract import Task, extract_block, tune_malloc, warm_up, warm_up_extractor
 from .features import LogMelExtractor
 from .folds import ResolvedFold, resolve_folds
 from .labels import CorpusSpec, load_spec
@@ -170,6 +171,9 @@ def build_store(opts: BuildOptions, log=print) -> BuildSummary:
     jobs = (os.cpu_count() or 1) if opts.jobs in (0, -1, None) else max(1, opts.jobs)
     backend = resolve_backend(opts.backend, bool(opts.augment), jobs)
     processes = backend == "processes"
+    extract = LogMelExtractor(cfg)
+    if not processes:
+        threading.Thread(target=warm_up_extractor, args=(extract,), daemon=True).start()
     parallel = Parallel(n_jobs=jobs, backend="loky" if processes else "threading", return_as="generator",
                         pre_dispatch="2*n_jobs", timeout=opts.task_timeout if jobs > 1 else None)
     spec = load_spec(opts.corpus)
@@ -265,7 +269,6 @@ def build_store(opts: BuildOptions, log=print) -> BuildSummary:
     try:
         for _ in warm:
             pass
-        extract = LogMelExtractor(cfg)
         if not processes:
             # Threads share this process: one BLAS thread each for the build, restored after.
             stack.enter_context(threadpool_limits(limits=1))
