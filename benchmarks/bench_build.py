@@ -9,8 +9,10 @@ process so that CPU time and peak memory are its own:
     one process (BLAS limited to one thread, its fastest setting on this machine);
   * serprep build (plain) on the 1 h and the 4 h corpus;
   * serprep build --augment default --balance on the 1 h corpus.
-Peak RSS is sampled every 50 ms over the whole process tree (writer + workers).
-Prints a markdown table; the README quotes it.
+Each row is run --repeats times (default 3) and shows the median wall time (this machine's
+run-to-run noise is +-10-20 %), with CPU time of that run and the highest peak RSS, sampled
+every 50 ms over the whole process tree (writer + workers). Prints a markdown table; the
+README quotes it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -46,49 +49,83 @@ print(json.dumps({"audio_seconds": seconds}))
 """
 
 
+def _children(pid: int) -> list[int]:
+    """Direct children of pid, from /proc/<pid>/task/*/children (no full /proc scan)."""
+    kids: list[int] = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return kids
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def _tree_rss_kib(pid: int) -> tuple[int, int]:
-    """(RSS of pid, RSS of pid and all its descendants) in KiB, from /proc."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            ppid = int(fields[1])
-            with open(f"/proc/{entry}/statm") as f:
-                rss[int(entry)] = int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
-            children.setdefault(ppid, []).append(int(entry))
-        except (OSError, IndexError, ValueError):
-            continue
+    """(RSS of pid, RSS of pid and all its descendants) in KiB."""
+    main = _rss_kib(pid)
     total, stack = 0, [pid]
     while stack:
         p = stack.pop()
-        total += rss.get(p, 0)
-        stack += children.get(p, [])
-    return rss.get(pid, 0), total
+        total += _rss_kib(p)
+        stack += _children(p)
+    return main, total
 
 
 def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
-    """Run a command; wall time, CPU time of it and its reaped descendants, peak RSS."""
+    """Run a command; wall time, CPU time of it and its descendants, peak RSS.
+
+    The wall time ends when the process is reaped (not at the next sampling tick); a thread
+    samples the process tree's RSS every 50 ms meanwhile.
+    """
+    import threading
+
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
-    peak_main = peak_tree = 0
-    while proc.poll() is None:
-        main, tree = _tree_rss_kib(proc.pid)
-        peak_main, peak_tree = max(peak_main, main), max(peak_tree, tree)
-        time.sleep(0.05)
-    wall = time.perf_counter() - t0
+    peaks = [0, 0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            main, tree = _tree_rss_kib(proc.pid)
+            peaks[0], peaks[1] = max(peaks[0], main), max(peaks[1], tree)
+            done.wait(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    done.set()
+    sampler.join()
     if proc.returncode != 0:
         raise SystemExit(f"benchmark command failed ({proc.returncode}): {' '.join(cmd)}\n{err[-2000:]}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall": wall, "cpu": cpu, "peak_main_mib": peak_main / 1024, "peak_tree_mib": peak_tree / 1024,
+    return {"wall": wall, "cpu": cpu, "peak_main_mib": peaks[0] / 1024, "peak_tree_mib": peaks[1] / 1024,
             "stdout": out}
+
+
+def run_repeated(cmd: list[str], repeats: int, before_each=None, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``repeats`` times; the median-wall run's figures, every wall time, the highest peak RSS."""
+    runs = []
+    for _ in range(repeats):
+        if before_each is not None:
+            before_each()
+        runs.append(run_measured(cmd, env))
+    median = sorted(runs, key=lambda r: r["wall"])[len(runs) // 2]
+    return {**median, "walls": [r["wall"] for r in runs],
+            "peak_main_mib": max(r["peak_main_mib"] for r in runs),
+            "peak_tree_mib": max(r["peak_tree_mib"] for r in runs)}
 
 
 def ensure_corpus(workdir: Path, hours: float, seed: int) -> Path:
@@ -111,6 +148,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=REPO / "bench_out")
     ap.add_argument("--no-augment", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per row; the table shows the median wall time")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
 
@@ -129,7 +167,7 @@ def main() -> None:
         classes = assign_classes(utts, load_spec("iemocap"), "4class-merged", "all")
         listing = args.workdir / f"naive_files_{h:g}h.json"
         listing.write_text(json.dumps([str(corpora[h] / u.path) for u, c in zip(utts, classes) if c]))
-        r = run_measured([sys.executable, "-c", NAIVE, str(listing)], env={"OPENBLAS_NUM_THREADS": "1"})
+        r = run_repeated([sys.executable, "-c", NAIVE, str(listing)], args.repeats, env={"OPENBLAS_NUM_THREADS": "1"})
         naive_audio = json.loads(r["stdout"])["audio_seconds"]
         rows.append(("naive librosa loop, 1 process", h, naive_audio, r))
         baseline[h] = naive_audio / r["wall"]
@@ -137,8 +175,11 @@ def main() -> None:
 
     def build(hours: float, extra: list[str], label: str) -> None:
         out = args.workdir / f"bench_{hours:g}h{'_aug' if extra else ''}.h5"
-        res = run_measured(serprep + ["build", "iemocap", "--root", str(corpora[hours]), "--out", str(out),
-                                      "--overwrite", "--jobs", str(args.jobs), "--quiet", *extra])
+        # Yesterday's store is deleted before each run rather than replaced by --overwrite,
+        # so freeing its pages is not timed as part of the build.
+        res = run_repeated(serprep + ["build", "iemocap", "--root", str(corpora[hours]), "--out", str(out),
+                                      "--jobs", str(args.jobs), "--quiet", *extra], args.repeats,
+                           before_each=lambda: out.unlink(missing_ok=True))
         from serprep.store import StoreReader
 
         m = StoreReader(out).manifest()
@@ -153,11 +194,13 @@ def main() -> None:
     print(f"\nbuild throughput on {os.cpu_count()} cores; audio = seconds of source audio extracted "
           f"(4-class merged set); x real time = audio-seconds per wall-second\n")
     print("(vs naive: wall throughput relative to the naive loop on the same corpus)\n")
-    print("| run | corpus | audio (h) | wall (s) | x real time | per CPU-second | vs naive | peak RSS, all processes (MiB) | peak RSS, writer (MiB) |")
+    print(f"| run | corpus | audio (h) | wall (s), median of {args.repeats} [range] | x real time | per CPU-second | vs naive "
+          "| peak RSS, all processes (MiB) | peak RSS, writer (MiB) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for label, hours, audio, res in rows:
         rt = audio / res["wall"]
-        print(f"| {label} | {hours:g} h demo | {audio / 3600:.2f} | {res['wall']:.1f} | {rt:.0f} | "
+        spread = f"{res['wall']:.2f} [{min(res['walls']):.2f}-{max(res['walls']):.2f}]"
+        print(f"| {label} | {hours:g} h demo | {audio / 3600:.2f} | {spread} | {rt:.0f} | "
               f"{audio / max(res['cpu'], 1e-9):.0f} | {rt / baseline[hours]:.2f}x | {res['peak_tree_mib']:.0f} | {res['peak_main_mib']:.0f} |")
 
 
