@@ -278,8 +278,9 @@ def build_store(opts: BuildOptions, log=print) -> BuildSummary:
         bar = tqdm(total=len(tasks), unit="utt", desc="extracting", disable=not opts.progress,
                    mininterval=0.5, file=sys.stderr, dynamic_ncols=True)
         try:
-            for block_results in results:
-                for entry in block_results:
+            for block in results:
+                rows: list[tuple[int, int, int, str, str]] = []
+                for entry in block["entries"]:
                     i = entry["utt"]
                     u = utts[i]
                     if entry["error"]:
@@ -292,11 +293,15 @@ def build_store(opts: BuildOptions, log=print) -> BuildSummary:
                     sha[i] = entry["sha256"]
                     source_rate[i] = entry["source_rate"]
                     durations[i] = entry["duration"]
-                    c = emotion[i]
+                    rows += [(i, it["copy"], it["n_frames"], it["chain"], it["digest"]) for it in entry["items"]]
+                item_ids = iter(writer.add_block(block["frames"], rows))
+                for entry in block["entries"]:
+                    i = entry["utt"]
+                    u = utts[i]
                     for it in entry["items"]:
-                        item, _ = writer.add_frames(i, it["copy"], it["frames"], it["chain"], it["digest"])
+                        item = next(item_ids)
                         n_items += 1
-                        audio_seconds += it["frames"].shape[0] * cfg.hop_length / cfg.sample_rate
+                        audio_seconds += it["n_frames"] * cfg.hop_length / cfg.sample_rate
                         offsets, dense, valid = it["offsets"], it["dense"], it["valid"]
                         if it["copy"] == 0:
                             n_orig_segments[i] = int((~dense).sum())
@@ -307,7 +312,7 @@ def build_store(opts: BuildOptions, log=print) -> BuildSummary:
                         seg_cols["offset"].append(offsets)
                         seg_cols["valid"].append(valid.astype(np.int32))
                         seg_cols["dense"].append(dense.astype(np.uint8))
-                        seg_cols["emotion"].append(np.full(k, class_id[c], np.int16))
+                        seg_cols["emotion"].append(np.full(k, class_id[emotion[i]], np.int16))
                         seg_cols["gender"].append(np.full(k, GENDERS.index(u.gender), np.int16))
                         seg_cols["speaker"].append(np.full(k, speaker_id[u.speaker], np.int32))
                         s = speaker_id[u.speaker]

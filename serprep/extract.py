@@ -96,13 +96,15 @@ def warm_up_extractor(extract: LogMelExtractor) -> None:
 
 
 def extract_block(tasks: list[Task], root: str, extract: LogMelExtractor, seg: SegmentConfig,
-                  augment: str | None, seed: int, worker_process: bool = False) -> list[dict[str, Any]]:
+                  augment: str | None, seed: int, worker_process: bool = False) -> dict[str, Any]:
     """Decode, augment, featurise and segment one block of utterances.
 
     Runs in a worker (thread or process) and does all per-item arithmetic here (features in
-    storage layout, window offsets, coverage-weighted normalisation sums) so the single
-    writer only copies bytes. Never raises for a bad file: the error text is returned for the
-    writer to record.
+    storage layout, window offsets, checksums, coverage-weighted normalisation sums) so the
+    single writer only writes bytes. Returns ``{"entries": [...], "frames": array}``: one
+    entry per task (its items' metadata, or the error text for a bad file: never raises for
+    one), and the frames of every item back to back in entry and item order
+    (``[sum n_frames, 3, n_mels]``), which the writer appends to the store as one block.
     """
     if worker_process:
         prepare_worker_process()
@@ -112,11 +114,11 @@ def extract_block(tasks: list[Task], root: str, extract: LogMelExtractor, seg: S
         from .augment import Augmenter, copy_seed, load_preset
 
         augmenter = Augmenter(load_preset(augment), cfg.sample_rate)
-    results = []
+    entries = []
     decoded: list[tuple[dict[str, Any], Task, list[tuple[int, str, np.ndarray]]]] = []
     for task in tasks:
         entry: dict[str, Any] = {"utt": task.utt, "items": [], "error": None}
-        results.append(entry)
+        entries.append(entry)
         try:
             audio = load_audio(os.path.join(root, task.path), cfg.sample_rate, name=task.path)
             signals = [(0, "", audio.samples)]
@@ -133,24 +135,42 @@ def extract_block(tasks: list[Task], root: str, extract: LogMelExtractor, seg: S
                      duration=len(audio.samples) / cfg.sample_rate)
         decoded.append((entry, task, signals))
 
-    # One feature pass over every signal of the block (see LogMelExtractor.frames_many).
+    # One feature pass over every signal of the block (see LogMelExtractor.frames_block).
     try:
-        features = iter(extract.frames_many([y for _, _, signals in decoded for _, _, y in signals]))
-    except Exception:  # cannot happen for decoded audio; if it does, find the file it was
-        features = None
+        frames, counts = extract.frames_block([y for _, _, signals in decoded for _, _, y in signals])
+    except Exception:  # not expected for decoded audio; if it happens, find the file it was
+        return {"entries": entries, "frames": _frames_file_by_file(decoded, extract, seg)}
+    start, item_counts = 0, iter(counts)
+    for entry, task, signals in decoded:
+        for copy, chain, _ in signals:
+            n = next(item_counts)
+            entry["items"].append(_segment_item(frames[start : start + n], copy, chain, seg, task.class_hop))
+            start += n
+    return {"entries": entries, "frames": frames}
+
+
+def _frames_file_by_file(decoded: list[tuple[dict[str, Any], Task, list[tuple[int, str, np.ndarray]]]],
+                         extract: LogMelExtractor, seg: SegmentConfig) -> np.ndarray:
+    """The slow path of :func:`extract_block`: each file on its own, errors recorded per file."""
+    kept = []
     for entry, task, signals in decoded:
         try:
-            for copy, chain, samples in signals:
-                frames = next(features) if features is not None else extract.frames(samples)
-                entry["items"].append(_segment_item(frames, copy, chain, seg, task.class_hop))
+            item_frames = [extract.frames(y) for _, _, y in signals]
         except Exception as exc:
             entry["error"] = f"{task.path}: {type(exc).__name__}: {exc}"
-            entry["items"] = []
-    return results
+            continue
+        for (copy, chain, _), frames in zip(signals, item_frames):
+            entry["items"].append(_segment_item(frames, copy, chain, seg, task.class_hop))
+        kept += item_frames
+    return np.concatenate(kept) if kept else np.zeros((0, 3, extract.cfg.n_mels), dtype=np.float32)
 
 
 def _segment_item(frames: np.ndarray, copy: int, chain: str, seg: SegmentConfig, class_hop: int) -> dict[str, Any]:
-    """Windows, checksum and normalisation sums of one item's frames (``[T, 3, M]``)."""
+    """Windows, checksum and normalisation sums of one item's frames (``[T, 3, M]``).
+
+    The frames themselves stay in the block's array (an item holds only ``n_frames``), so a
+    block crosses a process boundary once.
+    """
     n_frames = frames.shape[0]
     offsets, dense = item_offsets(n_frames, seg, class_hop, copy)
     valid = valid_frames(n_frames, offsets, seg.frames)
@@ -164,7 +184,7 @@ def _segment_item(frames: np.ndarray, copy: int, chain: str, seg: SegmentConfig,
     return {
         "copy": copy,
         "chain": chain,
-        "frames": frames,
+        "n_frames": n_frames,
         "digest": frames_digest(frames),
         "offsets": offsets,
         "dense": dense,

@@ -124,14 +124,25 @@ class LogMelExtractor:
     def frames_many(self, signals: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Static, delta and delta-delta of several signals: float32 ``[T_i, 3, n_mels]`` each.
 
+        Consecutive slices of :meth:`frames_block`'s array.
+        """
+        block, counts = self.frames_block(signals)
+        ends = np.cumsum(counts)
+        return [block[e - t : e] for e, t in zip(ends.tolist(), counts)]
+
+    def frames_block(self, signals: Sequence[np.ndarray]) -> tuple[np.ndarray, list[int]]:
+        """Features of several signals back to back: ``[sum T_i, 3, n_mels]`` and the ``T_i``.
+
         The signals are laid end to end (each in its own zero pad, starting on a hop
-        boundary) and go through one STFT, mel and log pass in batches of ~1,000 frames, so
-        a block of utterances costs a few dozen numpy calls instead of a few dozen per
-        utterance: with two extraction threads the per-call overhead, which holds the GIL,
-        was what kept the second thread idle. The frames between two signals are computed
-        and dropped (~3 per utterance). The results are views of one array.
+        boundary) and go through one STFT, mel and log pass in batches of a few hundred
+        frames, so a block of utterances costs a few dozen numpy calls instead of a few dozen
+        per utterance: with two extraction threads the per-call overhead, which holds the
+        GIL, was what kept the second thread idle. The frames between two signals are
+        computed and dropped (~3 per utterance). The store writes the returned array as is.
         """
         cfg = self.cfg
+        if not signals:
+            return np.zeros((0, FEATURE_CHANNELS, cfg.n_mels), dtype=np.float32), []
         hop, n_fft = cfg.hop_length, cfg.n_fft
         pad = n_fft // 2 if cfg.center else 0
         lengths = [len(y) for y in signals]
@@ -172,8 +183,9 @@ class LogMelExtractor:
         first = (starts[:-1] // hop).tolist()
         d1 = _delta_pass(static, cfg.delta_width, first, counts)
         d2 = _delta_pass(d1, cfg.delta_width, first, counts)
-        stacked = np.stack([static, d1, d2], axis=1)
-        return [stacked[f : f + t] for f, t in zip(first, counts)]
+        # Keep each signal's own frames, back to back, in the store's [T, 3, M] layout.
+        keep = np.arange(sum(counts)) + np.repeat(np.asarray(first) - np.cumsum([0] + counts[:-1]), counts)
+        return np.stack([static[keep], d1[keep], d2[keep]], axis=1), counts
 
     def frames(self, samples: np.ndarray) -> np.ndarray:
         """Static, delta and delta-delta in the store's layout: float32 ``[T, 3, n_mels]``."""
@@ -183,6 +195,8 @@ class LogMelExtractor:
         """Static, delta and delta-delta: float32 ``[3, T, n_mels]``."""
         return np.ascontiguousarray(self.frames(samples).transpose(1, 0, 2))
 
+
+FEATURE_CHANNELS = 3  # static, delta, delta-delta
 
 # Frames per STFT pass in LogMelExtractor.frames_many: ~2 MiB of windowed frames, so each
 # pass's arrays stay in cache.

@@ -178,8 +178,7 @@ class StoreWriter:
     left untouched. Feature frames are buffered and appended in large blocks.
     """
 
-    def __init__(self, path: str | Path, feature_config: FeatureConfig, *, overwrite: bool = False,
-                 buffer_bytes: int = 8 * 1024 * 1024) -> None:
+    def __init__(self, path: str | Path, feature_config: FeatureConfig, *, overwrite: bool = False) -> None:
         self.path = Path(path)
         if self.path.exists() and not overwrite:
             raise StoreError(f"{self.path}: already exists (use --overwrite to replace it)")
@@ -193,12 +192,6 @@ class StoreWriter:
             "features", shape=(0, *frame_shape), maxshape=(None, *frame_shape), dtype=np.float32,
             chunks=(CHUNK_FRAMES, *frame_shape),
         )
-        # Frames collect in one reused buffer of whole chunks, written chunk by chunk with
-        # H5Dwrite_chunk (no selection or chunk-cache work, no fresh allocation per block).
-        frame_bytes = FEATURE_CHANNELS * feature_config.n_mels * 4
-        chunks = max(1, buffer_bytes // (CHUNK_FRAMES * frame_bytes))
-        self._buffer = np.empty((chunks * CHUNK_FRAMES, *frame_shape), dtype=np.float32)
-        self._buffered = 0
         self._frames_written = 0
         self.items: dict[str, list[Any]] = {k: [] for k in ITEM_COLUMNS}
         self._item_digests: list[str] = []
@@ -206,44 +199,41 @@ class StoreWriter:
         self._done = False
 
     # -- features ---------------------------------------------------------------------------
-    def add_frames(self, utt: int, copy: int, frames: np.ndarray, augmentation: str = "",
-                   digest: str | None = None) -> tuple[int, int]:
-        """Append one item's frames in storage layout ``[T, 3, n_mels]``; returns ``(item_id, frame_start)``.
+    def add_block(self, frames: np.ndarray, items: list[tuple[int, int, int, str, str | None]]) -> list[int]:
+        """Append the frames of several items, back to back in storage layout ``[T, 3, n_mels]``.
 
-        ``digest`` is :func:`frames_digest` of ``frames`` when the caller already has it.
+        ``items`` are ``(utt, copy, n_frames, augmentation, digest)`` in the order of their
+        frames, ``digest`` being :func:`frames_digest` of the item's frames (None: computed
+        here). Returns the item ids. The block goes to HDF5 in one write, straight from the
+        caller's array: the extraction workers hand over whole blocks, so the writer never
+        copies frames itself.
         """
         if frames.ndim != 3 or frames.shape[1] != FEATURE_CHANNELS or frames.shape[2] != self.cfg.n_mels:
             raise StoreError(f"frame array of shape {frames.shape} does not match [T, 3, {self.cfg.n_mels}]")
-        self._item_digests.append(digest or frames_digest(frames))
-        start = self._frames_written + self._buffered
-        done, n = 0, frames.shape[0]
-        while done < n:
-            take = min(n - done, len(self._buffer) - self._buffered)
-            self._buffer[self._buffered : self._buffered + take] = frames[done : done + take]
-            self._buffered += take
-            done += take
-            if self._buffered == len(self._buffer):
-                self._flush()
-        item_id = len(self.items["utt"])
-        for key, value in zip(ITEM_COLUMNS, (utt, copy, start, n, augmentation)):
-            self.items[key].append(value)
-        return item_id, start
+        if sum(item[2] for item in items) != frames.shape[0]:
+            raise StoreError(f"items hold {sum(item[2] for item in items)} frames but the block has {frames.shape[0]}")
+        frames = np.ascontiguousarray(frames, dtype=np.float32)
+        start = self._frames_written
+        ids = []
+        for utt, copy, n, augmentation, digest in items:
+            self._item_digests.append(digest or frames_digest(frames[start - self._frames_written :][:n]))
+            ids.append(len(self.items["utt"]))
+            for key, value in zip(ITEM_COLUMNS, (utt, copy, start, n, augmentation)):
+                self.items[key].append(value)
+            start += n
+        if frames.shape[0]:
+            end = self._frames_written + frames.shape[0]
+            self._features.resize(end, axis=0)
+            self._features[self._frames_written : end] = frames
+            self._frames_written = end
+        return ids
 
-    def _flush(self) -> None:
-        """Write the buffered frames: whole chunks directly, a last partial one through h5py."""
-        n = self._buffered
-        if not n:
-            return
-        start = self._frames_written  # always a multiple of CHUNK_FRAMES here
-        self._features.resize(start + n, axis=0)
-        whole = n - n % CHUNK_FRAMES
-        dataset = self._features.id
-        for offset in range(0, whole, CHUNK_FRAMES):
-            dataset.write_direct_chunk((start + offset, 0, 0), self._buffer[offset : offset + CHUNK_FRAMES])
-        if whole < n:
-            self._features[start + whole : start + n] = self._buffer[whole:n]
-        self._frames_written += n
-        self._buffered = 0
+    def add_frames(self, utt: int, copy: int, frames: np.ndarray, augmentation: str = "",
+                   digest: str | None = None) -> tuple[int, int]:
+        """Append one item's frames ``[T, 3, n_mels]``; returns ``(item_id, frame_start)``."""
+        start = self._frames_written
+        (item_id,) = self.add_block(frames, [(utt, copy, frames.shape[0], augmentation, digest)])
+        return item_id, start
 
     # -- tables -----------------------------------------------------------------------------
     def write_table(self, group: str, columns: dict[str, Iterable[Any]]) -> None:
@@ -273,7 +263,6 @@ class StoreWriter:
     # -- finish -----------------------------------------------------------------------------
     def finalize(self) -> Path:
         """Write items, checksums and the schema stamp, close, and rename into place."""
-        self._flush()
         self.write_table("items", self.items)
         f = self._file
         f.attrs["format"] = FORMAT

@@ -8,9 +8,11 @@ import shutil
 
 import h5py
 import numpy as np
+import pytest
 
 from serprep.checksum import combine_item_digests, frames_digest
 from serprep.config import FeatureConfig
+from serprep.errors import StoreError
 from serprep.store import CHUNK_FRAMES, StoreWriter, _attrs_digest, _plain, dataset_digest, verify
 
 
@@ -21,22 +23,41 @@ def _minimal_tables(writer: StoreWriter, n_utts: int) -> None:
     writer.write_table("vocab", {"emotion": ["ang", "neu"]})
 
 
-def test_frames_round_trip_across_buffer_and_chunk_boundaries(tmp_path):
+def test_blocks_of_items_land_where_the_item_table_says(tmp_path):
     cfg = FeatureConfig(n_mels=8)
-    # A buffer of two chunks: items straddle flushes and chunk edges, one is longer than the buffer.
-    writer = StoreWriter(tmp_path / "s.h5", cfg, buffer_bytes=2 * CHUNK_FRAMES * 3 * 8 * 4)
+    writer = StoreWriter(tmp_path / "s.h5", cfg)
     rng = np.random.default_rng(0)
-    lengths = [1, 255, 256, 257, 2 * CHUNK_FRAMES + 3, 7, 1000, 13]
-    items = [rng.standard_normal((n, 3, 8)).astype(np.float32) for n in lengths]
-    starts = [writer.add_frames(i, 0, x)[1] for i, x in enumerate(items)]
-    _minimal_tables(writer, len(items))
+    # Blocks that end mid-chunk, a block of one chunk exactly, an empty block, single items.
+    blocks = [[1, 255], [256], [], [257, 2 * CHUNK_FRAMES + 3, 7], [1000], [13]]
+    items, ids = [], []
+    for k, lengths in enumerate(blocks):
+        frames = [rng.standard_normal((n, 3, 8)).astype(np.float32) for n in lengths]
+        block = np.concatenate(frames) if frames else np.zeros((0, 3, 8), np.float32)
+        if len(lengths) == 1 and k % 2:
+            ids.append(writer.add_frames(k, 0, block)[0])
+        else:
+            ids += writer.add_block(block, [(k, 0, n, "", None) for n in lengths])
+        items += frames
+    _minimal_tables(writer, len(blocks))
     writer.finalize()
-    assert starts == np.concatenate([[0], np.cumsum(lengths)[:-1]]).tolist()
+    assert ids == list(range(len(items)))
     with h5py.File(tmp_path / "s.h5", "r") as f:
-        assert f["features"].shape == (sum(lengths), 3, 8)
+        starts, counts = f["items/frame_start"][()], f["items/n_frames"][()]
+        assert counts.tolist() == [len(x) for x in items]
+        assert f["features"].shape == (sum(counts), 3, 8)
         for x, start in zip(items, starts):
             np.testing.assert_array_equal(f["features"][start : start + len(x)], x)
     assert verify(tmp_path / "s.h5") == []
+
+
+def test_a_block_must_hold_exactly_its_items_frames(tmp_path):
+    writer = StoreWriter(tmp_path / "s.h5", FeatureConfig())
+    with pytest.raises(StoreError, match="items hold 5 frames but the block has 6"):
+        writer.add_block(np.zeros((6, 3, 40), np.float32), [(0, 0, 2, "", None), (1, 0, 3, "", None)])
+    with pytest.raises(StoreError, match=r"does not match \[T, 3, 40\]"):
+        writer.add_block(np.zeros((6, 3, 64), np.float32), [(0, 0, 6, "", None)])
+    writer.abort()
+    assert not any(tmp_path.iterdir())
 
 
 def test_checksums_recorded_while_writing_match_the_file(tmp_path):
