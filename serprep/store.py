@@ -113,11 +113,12 @@ def _digest_header(shape: tuple[int, ...], dtype: np.dtype) -> "hashlib._Hash":
 
 
 def _strings_digest(shape: tuple[int, ...], values: Iterable[str | bytes]) -> str:
+    """SHA-256 of the shape and each value's UTF-8 bytes followed by a NUL."""
     h = hashlib.sha256()
     h.update(f"{tuple(shape)}|str".encode())
-    for value in values:
-        h.update(value if isinstance(value, bytes) else value.encode("utf-8"))
-        h.update(b"\x00")
+    texts = [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
+    if texts:  # one update over the joined text: the same bytes as value by value, far fewer calls
+        h.update(("\x00".join(texts) + "\x00").encode("utf-8"))
     return h.hexdigest()
 
 
