@@ -147,7 +147,7 @@ def _blocks(tasks: list[Task], durations: list[float], block_seconds: float) -> 
 
 def package_versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "serprep": __version__}
-    for name in ("numpy", "scipy", "librosa", "soundfile", "soxr", "h5py", "audiomentations", "joblib"):
+    for name in ("numpy", "scipy", "ducc0", "librosa", "soundfile", "soxr", "h5py", "audiomentations", "joblib"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
