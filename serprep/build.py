@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -298,31 +298,36 @@ def build_store(opts: BuildOptions, log=print) -> BuildSummary:
                     durations[i] = entry["duration"]
                     rows += [(i, it["copy"], it["n_frames"], it["chain"], it["digest"]) for it in entry["items"]]
                 item_ids = iter(writer.add_block(block["frames"], rows))
+                # Segment rows of the block: per-item labels as plain ints, expanded once per
+                # block (a few arrays per block, not per item, stay in memory until the end).
+                per_item: list[tuple[int, int, int, int, int, int, int]] = []
+                windows: list[np.ndarray] = []
                 for entry in block["entries"]:
                     i = entry["utt"]
                     u = utts[i]
                     for it in entry["items"]:
-                        item = next(item_ids)
                         n_items += 1
                         audio_seconds += it["n_frames"] * cfg.hop_length / cfg.sample_rate
-                        offsets, dense, valid = it["offsets"], it["dense"], it["valid"]
                         if it["copy"] == 0:
-                            n_orig_segments[i] = int((~dense).sum())
-                        k = len(offsets)
-                        seg_cols["item"].append(np.full(k, item, np.int64))
-                        seg_cols["utt"].append(np.full(k, i, np.int64))
-                        seg_cols["copy"].append(np.full(k, it["copy"], np.int32))
-                        seg_cols["offset"].append(offsets)
-                        seg_cols["valid"].append(valid.astype(np.int32))
-                        seg_cols["dense"].append(dense.astype(np.uint8))
-                        seg_cols["emotion"].append(np.full(k, class_id[emotion[i]], np.int16))
-                        seg_cols["gender"].append(np.full(k, GENDERS.index(u.gender), np.int16))
-                        seg_cols["speaker"].append(np.full(k, speaker_id[u.speaker], np.int32))
+                            n_orig_segments[i] = int((~it["dense"]).sum())
                         s = speaker_id[u.speaker]
+                        per_item.append((next(item_ids), i, it["copy"], class_id[emotion[i]],
+                                         GENDERS.index(u.gender), s, len(it["offsets"])))
+                        windows.append(np.stack([it["offsets"], it["valid"], it["dense"]]))
                         spk_sum[s] += it["sum"]
                         spk_sumsq[s] += it["sumsq"]
                         spk_weight[s] += it["weight"]
                     bar.update(1)
+                if per_item:
+                    table = np.array(per_item, dtype=np.int64)
+                    repeated = np.repeat(table[:, :6], table[:, 6], axis=0)
+                    offset, valid, dense = np.concatenate(windows, axis=1)
+                    for name, column, dtype in (("item", repeated[:, 0], np.int64), ("utt", repeated[:, 1], np.int64),
+                                                ("copy", repeated[:, 2], np.int32), ("offset", offset, np.int64),
+                                                ("valid", valid, np.int32), ("dense", dense, np.uint8),
+                                                ("emotion", repeated[:, 3], np.int16), ("gender", repeated[:, 4], np.int16),
+                                                ("speaker", repeated[:, 5], np.int32)):
+                        seg_cols[name].append(column.astype(dtype))
         finally:
             bar.close()
 
@@ -343,29 +348,27 @@ def build_store(opts: BuildOptions, log=print) -> BuildSummary:
                             np.random.default_rng(rng_root.spawn(1)[0]))
 
         # Manifest, vocabularies, failures.
-        columns: dict[str, list[Any]] = {
-            "utt_id": [u.utt_id for u in utts],
-            "corpus": [u.corpus for u in utts],
-            "session": [u.session for u in utts],
-            "speaker": [u.speaker for u in utts],
-            "gender": [u.gender for u in utts],
-            "emotion_raw": [u.emotion_raw for u in utts],
-            "emotion": emotion,
-            "duration": [float("nan") if d is None else float(d) for d in durations],
-            "path": [u.path for u in utts],
-            "status": status,
-            "n_segments": n_orig_segments.tolist(),
-            "audio_sha256": sha,
-            "source_rate": source_rate.tolist(),
+        # One column at a time (built, written, dropped): the whole table at once was the
+        # largest allocation of the build's last phase.
+        columns: dict[str, Callable[[], list[Any]]] = {
+            "utt_id": lambda: [u.utt_id for u in utts],
+            "corpus": lambda: [u.corpus for u in utts],
+            "session": lambda: [u.session for u in utts],
+            "speaker": lambda: [u.speaker for u in utts],
+            "gender": lambda: [u.gender for u in utts],
+            "emotion_raw": lambda: [u.emotion_raw for u in utts],
+            "emotion": lambda: emotion,
+            "duration": lambda: [float("nan") if d is None else float(d) for d in durations],
+            "path": lambda: [u.path for u in utts],
+            "status": lambda: status,
+            "n_segments": lambda: n_orig_segments.tolist(),
+            "audio_sha256": lambda: sha,
+            "source_rate": lambda: source_rate.tolist(),
         }
-        extra_keys = sorted({k for u in utts for k in u.extras})
-        for key in extra_keys:
-            values = [u.extras.get(key) for u in utts]
-            if all(isinstance(v, (int, float)) or v is None for v in values):
-                columns[key] = [float("nan") if v is None else float(v) for v in values]
-            else:
-                columns[key] = ["" if v is None else str(v) for v in values]
-        writer.write_table("manifest", columns)
+        for key in sorted({k for u in utts for k in u.extras}):
+            columns[key] = lambda key=key: _extra_column([u.extras.get(key) for u in utts])
+        for name, values in columns.items():
+            writer.write_table("manifest", {name: values()})
         writer.write_table("vocab", {"emotion": class_names, "gender": list(GENDERS), "speaker": speakers})
         writer.write_table("failures", {
             "utt_id": [f[0] for f in failures], "path": [f[1] for f in failures], "error": [f[2] for f in failures]
@@ -425,6 +428,13 @@ def build_store(opts: BuildOptions, log=print) -> BuildSummary:
         fold_notes=fold_notes,
         class_counts={c: sum(1 for i in labelled if emotion[i] == c and status[i] == "ok") for c in class_names},
     )
+
+
+def _extra_column(values: list[Any]) -> list[Any]:
+    """A corpus extra as a column: numbers (None -> NaN) or strings (None -> "")."""
+    if all(isinstance(v, (int, float)) or v is None for v in values):
+        return [float("nan") if v is None else float(v) for v in values]
+    return ["" if v is None else str(v) for v in values]
 
 
 def _describe_augment(augment: str | None) -> Any:
