@@ -25,7 +25,6 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -146,6 +145,9 @@ def _blocks(tasks: list[Task], durations: list[float], block_seconds: float) -> 
 
 
 def package_versions() -> dict[str, str]:
+    """Versions of Python and of the packages that shape a store's content."""
+    from importlib import metadata  # ~20 ms to import: only here, in a background thread
+
     out = {"python": platform.python_version(), "serprep": __version__}
     for name in ("numpy", "scipy", "ducc0", "librosa", "soundfile", "soxr", "h5py", "audiomentations", "joblib"):
         try:
