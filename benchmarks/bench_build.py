@@ -10,8 +10,9 @@ process so that CPU time and peak memory are its own:
   * serprep build (plain) on the 1 h and the 4 h corpus;
   * serprep build --augment default --balance on the 1 h corpus.
 Each row is run --repeats times (default 3) and shows the median wall time (this machine's
-run-to-run noise is +-10-20 %), with CPU time of that run and the highest peak RSS, sampled
-every 50 ms over the whole process tree (writer + workers). Prints a markdown table; the
+run-to-run noise is +-10-20 %), with CPU time of that run and the highest peak memory, sampled
+every 50 ms: RSS of the main (writer) process, and of the whole process tree (writer +
+workers; PSS summed when there are several processes, so shared pages count once). Prints a markdown table; the
 README quotes it.
 """
 
@@ -69,15 +70,31 @@ def _rss_kib(pid: int) -> int:
         return 0
 
 
+def _pss_kib(pid: int) -> int:
+    """Proportional set size: shared pages split between the processes that map them."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (OSError, IndexError, ValueError):
+        pass
+    return _rss_kib(pid)
+
+
 def _tree_rss_kib(pid: int) -> tuple[int, int]:
-    """(RSS of pid, RSS of pid and all its descendants) in KiB."""
-    main = _rss_kib(pid)
-    total, stack = 0, [pid]
+    """(RSS of pid, memory of pid and all its descendants) in KiB.
+
+    With descendants the total sums PSS, not RSS: process workers and forked helpers (the
+    naive loop's librosa starts one) share pages with their parent, which RSS counts twice.
+    """
+    tree, stack = [], [pid]
     while stack:
         p = stack.pop()
-        total += _rss_kib(p)
+        tree.append(p)
         stack += _children(p)
-    return main, total
+    main = _rss_kib(pid)
+    return main, (main if len(tree) == 1 else sum(_pss_kib(p) for p in tree))
 
 
 def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
@@ -195,7 +212,7 @@ def main() -> None:
           f"(4-class merged set); x real time = audio-seconds per wall-second\n")
     print("(vs naive: wall throughput relative to the naive loop on the same corpus)\n")
     print(f"| run | corpus | audio (h) | wall (s), median of {args.repeats} [range] | x real time | per CPU-second | vs naive "
-          "| peak RSS, all processes (MiB) | peak RSS, writer (MiB) |")
+          "| peak memory, all processes (MiB) | peak RSS, writer (MiB) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for label, hours, audio, res in rows:
         rt = audio / res["wall"]
