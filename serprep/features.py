@@ -6,7 +6,7 @@ filterbank and single-precision FFTs so that one core extracts several thousand 
 time. ``tests/test_features.py`` checks it against plain ``librosa`` calls.
 
 The FFTs are ducc0's (the successor of the pocketfft that numpy and scipy ship, by the same
-author): it imports in ~3 ms where ``scipy.fft`` takes ~150 ms, a tenth of a 1-hour build,
+author): it imports in ~3 ms where ``scipy.fft`` takes ~150 ms, a sixth of a 1-hour build,
 and its real FFT is ~10 % faster here.
 """
 
