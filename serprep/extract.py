@@ -17,7 +17,7 @@ import numpy as np
 from .audio import load_audio
 from .config import SegmentConfig
 from .errors import AudioError
-from .features import LogMelExtractor
+from .features import FEATURE_CHANNELS, LogMelExtractor
 from .segments import segment_offsets, valid_frames
 from .checksum import frames_digest
 
@@ -162,7 +162,7 @@ def _frames_file_by_file(decoded: list[tuple[dict[str, Any], Task, list[tuple[in
         for (copy, chain, _), frames in zip(signals, item_frames):
             entry["items"].append(_segment_item(frames, copy, chain, seg, task.class_hop))
         kept += item_frames
-    return np.concatenate(kept) if kept else np.zeros((0, 3, extract.cfg.n_mels), dtype=np.float32)
+    return np.concatenate(kept) if kept else np.zeros((0, FEATURE_CHANNELS, extract.cfg.n_mels), dtype=np.float32)
 
 
 def _segment_item(frames: np.ndarray, copy: int, chain: str, seg: SegmentConfig, class_hop: int) -> dict[str, Any]:

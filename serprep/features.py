@@ -19,6 +19,8 @@ import numpy as np
 
 from .config import FeatureConfig
 
+FEATURE_CHANNELS = 3  # static, delta, delta-delta: the store's [T, 3, n_mels] layout
+
 
 def _periodic_window(name: str, length: int) -> np.ndarray | None:
     n = np.arange(length, dtype=np.float64)
@@ -196,31 +198,9 @@ class LogMelExtractor:
         return np.ascontiguousarray(self.frames(samples).transpose(1, 0, 2))
 
 
-FEATURE_CHANNELS = 3  # static, delta, delta-delta
-
-# Frames per STFT pass in LogMelExtractor.frames_many: ~2 MiB of windowed frames, so each
+# Frames per STFT pass in LogMelExtractor.frames_block: 1 MiB of windowed frames, so each
 # pass's arrays stay in cache.
 _FRAMES_PER_PASS = 512
-
-
-def _delta_pass(x: np.ndarray, width: int, first: list[int], counts: list[int]) -> np.ndarray:
-    """:func:`regression_delta` of each ``x[f : f + t]``, computed in one pass over ``x``."""
-    n = width // 2
-    out = np.zeros_like(x)
-    if len(x) >= width:
-        denom = np.float32(2 * sum(k * k for k in range(1, n + 1)))
-        core = out[n : len(x) - n]
-        np.subtract(x[n + 1 : len(x) - n + 1], x[n - 1 : len(x) - n - 1], out=core)
-        for k in range(2, n + 1):
-            core += np.float32(k) * (x[n + k : len(x) - n + k] - x[n - k : len(x) - n - k])
-        core /= denom
-    for f, t in zip(first, counts):
-        if t >= width:
-            out[f : f + n] = out[f + n]
-            out[f + t - n : f + t] = out[f + t - n - 1]
-        elif t > 0:
-            out[f : f + t] = regression_delta(x[f : f + t], width)
-    return out
 
 
 @lru_cache(maxsize=8)
@@ -238,34 +218,38 @@ def regression_delta(x: np.ndarray, width: int) -> np.ndarray:
     use edge-replicating padding (librosa's ``mode="nearest"``), since interpolation needs
     ``width`` frames. Written out because librosa's generic filter is the slowest step here.
     """
+    return _delta_pass(x, width, [0], [x.shape[0]])
+
+
+def _delta_pass(x: np.ndarray, width: int, first: list[int], counts: list[int]) -> np.ndarray:
+    """:func:`regression_delta` of each ``x[f : f + t]``, computed in one pass over ``x``."""
     if width < 3 or width % 2 == 0:
         raise ValueError("delta width must be odd and >= 3")
     n = width // 2
     denom = np.float32(2 * sum(k * k for k in range(1, n + 1)))
-    frames = x.shape[0]
-    if frames == 0:
-        return x.copy()
-    if frames < width:
-        padded = np.concatenate([np.repeat(x[:1], n, axis=0), x, np.repeat(x[-1:], n, axis=0)])
-        out = np.zeros_like(x)
-        for k in range(1, n + 1):
-            out += k * (padded[n + k : n + k + frames] - padded[n - k : n - k + frames])
-        return out / denom
-    out = np.empty_like(x)
-    core = out[n : frames - n]
-    core[...] = x[n + 1 : frames - n + 1] - x[n - 1 : frames - n - 1]
-    for k in range(2, n + 1):
-        core += k * (x[n + k : frames - n + k] - x[n - k : frames - n - k])
-    core /= denom
-    out[:n] = core[0]
-    out[frames - n :] = core[-1]
+    out = np.zeros_like(x)
+    if len(x) >= width:
+        core = out[n : len(x) - n]
+        np.subtract(x[n + 1 : len(x) - n + 1], x[n - 1 : len(x) - n - 1], out=core)
+        for k in range(2, n + 1):
+            core += np.float32(k) * (x[n + k : len(x) - n + k] - x[n - k : len(x) - n - k])
+        core /= denom
+    for f, t in zip(first, counts):
+        if t >= width:
+            out[f : f + n] = out[f + n]
+            out[f + t - n : f + t] = out[f + t - n - 1]
+        elif t > 0:
+            out[f : f + t] = _delta_nearest(x[f : f + t], n, denom)
     return out
 
 
-def deltas(static: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Delta and delta-of-delta along time (axis 0), see :func:`regression_delta`."""
-    d1 = regression_delta(static, width)
-    return d1, regression_delta(d1, width)
+def _delta_nearest(x: np.ndarray, n: int, denom: np.float32) -> np.ndarray:
+    """The regression delta of an input shorter than its window, edges replicated."""
+    padded = np.concatenate([np.repeat(x[:1], n, axis=0), x, np.repeat(x[-1:], n, axis=0)])
+    out = np.zeros_like(x)
+    for k in range(1, n + 1):
+        out += k * (padded[n + k : n + k + len(x)] - padded[n - k : n - k + len(x)])
+    return out / denom
 
 
 def logmel_3ch(samples: np.ndarray, cfg: FeatureConfig) -> np.ndarray:

@@ -58,10 +58,10 @@ if TYPE_CHECKING:  # pandas is imported on first use: the build's writer never n
 
 from .checksum import ITEM_CHECKSUM, ITEM_CHECKSUMS_LEGACY, combine_item_digests, frames_digest
 from .errors import StoreError
+from .features import FEATURE_CHANNELS
 
 FORMAT = "serprep-store"
 SCHEMA_VERSION = 1
-FEATURE_CHANNELS = 3
 # 256 frames x 3 x 40 mels x 4 B = 120 KiB per chunk: a 300-frame segment touches 2-3 chunks.
 CHUNK_FRAMES = 256
 # Sized for the chunk layout: a minibatch of 64 segments touches up to ~190 chunks (23 MiB).
