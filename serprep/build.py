@@ -284,10 +284,15 @@ def build_store(opts: BuildOptions, log=print) -> BuildSummary:
                    mininterval=0.5, file=sys.stderr, dynamic_ncols=True)
         try:
             for block in results:
-                rows: list[tuple[int, int, int, str, str]] = []
+                rows: list[tuple[int, int, int, str, str]] = []  # the writer's item rows
+                # Segment rows of the block: per-item labels as plain ints, expanded once per
+                # block, so a few arrays per block, not per item, stay in memory until the end.
+                per_item: list[tuple[int, int, int, int, int, int]] = []
+                windows: list[np.ndarray] = []
                 for entry in block["entries"]:
                     i = entry["utt"]
                     u = utts[i]
+                    bar.update(1)
                     if entry["error"]:
                         if opts.strict:
                             raise SerprepError(f"{entry['error']} (--strict: aborting; nothing written)")
@@ -298,37 +303,30 @@ def build_store(opts: BuildOptions, log=print) -> BuildSummary:
                     sha[i] = entry["sha256"]
                     source_rate[i] = entry["source_rate"]
                     durations[i] = entry["duration"]
-                    rows += [(i, it["copy"], it["n_frames"], it["chain"], it["digest"]) for it in entry["items"]]
-                item_ids = iter(writer.add_block(block["frames"], rows))
-                # Segment rows of the block: per-item labels as plain ints, expanded once per
-                # block (a few arrays per block, not per item, stay in memory until the end).
-                per_item: list[tuple[int, int, int, int, int, int, int]] = []
-                windows: list[np.ndarray] = []
-                for entry in block["entries"]:
-                    i = entry["utt"]
-                    u = utts[i]
+                    s = speaker_id[u.speaker]
                     for it in entry["items"]:
+                        rows.append((i, it["copy"], it["n_frames"], it["chain"], it["digest"]))
                         n_items += 1
                         audio_seconds += it["n_frames"] * cfg.hop_length / cfg.sample_rate
                         if it["copy"] == 0:
                             n_orig_segments[i] = int((~it["dense"]).sum())
-                        s = speaker_id[u.speaker]
-                        per_item.append((next(item_ids), i, it["copy"], class_id[emotion[i]],
-                                         GENDERS.index(u.gender), s, len(it["offsets"])))
+                        per_item.append((i, it["copy"], class_id[emotion[i]], GENDERS.index(u.gender), s,
+                                         len(it["offsets"])))
                         windows.append(np.stack([it["offsets"], it["valid"], it["dense"]]))
                         spk_sum[s] += it["sum"]
                         spk_sumsq[s] += it["sumsq"]
                         spk_weight[s] += it["weight"]
-                    bar.update(1)
+                item_ids = writer.add_block(block["frames"], rows)
                 if per_item:
                     table = np.array(per_item, dtype=np.int64)
-                    repeated = np.repeat(table[:, :6], table[:, 6], axis=0)
+                    counts = table[:, 5]
+                    utt, copy, emo, gender, speaker = np.repeat(table[:, :5], counts, axis=0).T
                     offset, valid, dense = np.concatenate(windows, axis=1)
-                    for name, column, dtype in (("item", repeated[:, 0], np.int64), ("utt", repeated[:, 1], np.int64),
-                                                ("copy", repeated[:, 2], np.int32), ("offset", offset, np.int64),
+                    for name, column, dtype in (("item", np.repeat(item_ids, counts), np.int64), ("utt", utt, np.int64),
+                                                ("copy", copy, np.int32), ("offset", offset, np.int64),
                                                 ("valid", valid, np.int32), ("dense", dense, np.uint8),
-                                                ("emotion", repeated[:, 3], np.int16), ("gender", repeated[:, 4], np.int16),
-                                                ("speaker", repeated[:, 5], np.int32)):
+                                                ("emotion", emo, np.int16), ("gender", gender, np.int16),
+                                                ("speaker", speaker, np.int32)):
                         seg_cols[name].append(column.astype(dtype))
         finally:
             bar.close()

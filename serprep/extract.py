@@ -95,6 +95,10 @@ def warm_up_extractor(extract: LogMelExtractor) -> None:
     extract(np.zeros(extract.cfg.n_fft * 4, dtype=np.float32))
 
 
+# A decoded file: its result entry, its task, and its signals as (copy, augmentation chain, samples).
+_Decoded = tuple[dict[str, Any], Task, list[tuple[int, str, np.ndarray]]]
+
+
 def extract_block(tasks: list[Task], root: str, extract: LogMelExtractor, seg: SegmentConfig,
                   augment: str | None, seed: int, worker_process: bool = False) -> dict[str, Any]:
     """Decode, augment, featurise and segment one block of utterances.
@@ -115,7 +119,7 @@ def extract_block(tasks: list[Task], root: str, extract: LogMelExtractor, seg: S
 
         augmenter = Augmenter(load_preset(augment), cfg.sample_rate)
     entries = []
-    decoded: list[tuple[dict[str, Any], Task, list[tuple[int, str, np.ndarray]]]] = []
+    decoded: list[_Decoded] = []
     for task in tasks:
         entry: dict[str, Any] = {"utt": task.utt, "items": [], "error": None}
         entries.append(entry)
@@ -149,8 +153,7 @@ def extract_block(tasks: list[Task], root: str, extract: LogMelExtractor, seg: S
     return {"entries": entries, "frames": frames}
 
 
-def _frames_file_by_file(decoded: list[tuple[dict[str, Any], Task, list[tuple[int, str, np.ndarray]]]],
-                         extract: LogMelExtractor, seg: SegmentConfig) -> np.ndarray:
+def _frames_file_by_file(decoded: list[_Decoded], extract: LogMelExtractor, seg: SegmentConfig) -> np.ndarray:
     """The slow path of :func:`extract_block`: each file on its own, errors recorded per file."""
     kept = []
     for entry, task, signals in decoded:

@@ -176,7 +176,7 @@ class StoreWriter:
     """Writes a store to a temporary file beside ``path``; :meth:`finalize` renames it.
 
     Use as a context manager: on an exception the temporary file is removed and ``path`` is
-    left untouched. Feature frames are buffered and appended in large blocks.
+    left untouched. Feature frames are appended a block of items per HDF5 write.
     """
 
     def __init__(self, path: str | Path, feature_config: FeatureConfig, *, overwrite: bool = False) -> None:
@@ -214,14 +214,14 @@ class StoreWriter:
         if sum(item[2] for item in items) != frames.shape[0]:
             raise StoreError(f"items hold {sum(item[2] for item in items)} frames but the block has {frames.shape[0]}")
         frames = np.ascontiguousarray(frames, dtype=np.float32)
-        start = self._frames_written
         ids = []
+        offset = 0  # within the block
         for utt, copy, n, augmentation, digest in items:
-            self._item_digests.append(digest or frames_digest(frames[start - self._frames_written :][:n]))
+            self._item_digests.append(digest or frames_digest(frames[offset : offset + n]))
             ids.append(len(self.items["utt"]))
-            for key, value in zip(ITEM_COLUMNS, (utt, copy, start, n, augmentation)):
+            for key, value in zip(ITEM_COLUMNS, (utt, copy, self._frames_written + offset, n, augmentation)):
                 self.items[key].append(value)
-            start += n
+            offset += n
         if frames.shape[0]:
             end = self._frames_written + frames.shape[0]
             self._features.resize(end, axis=0)
