@@ -82,7 +82,7 @@ def _pss_kib(pid: int) -> int:
     return _rss_kib(pid)
 
 
-def _tree_rss_kib(pid: int) -> tuple[int, int]:
+def _tree_memory_kib(pid: int) -> tuple[int, int]:
     """(RSS of pid, memory of pid and all its descendants) in KiB.
 
     With descendants the total sums PSS, not RSS: process workers and forked helpers (the
@@ -114,7 +114,7 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict[str,
 
     def sample() -> None:
         while not done.is_set():
-            main, tree = _tree_rss_kib(proc.pid)
+            main, tree = _tree_memory_kib(proc.pid)
             peaks[0], peaks[1] = max(peaks[0], main), max(peaks[1], tree)
             done.wait(0.05)
 
