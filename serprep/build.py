@@ -373,6 +373,7 @@ def build_store(opts: BuildOptions, log=print) -> BuildSummary:
         writer.write_table("failures", {
             "utt_id": [f[0] for f in failures], "path": [f[1] for f in failures], "error": [f[2] for f in failures]
         } if failures else {"utt_id": np.array([], dtype=object), "path": np.array([], dtype=object), "error": np.array([], dtype=object)})
+        writer.write_table("warnings", {k: np.array([], dtype=object) for k in ("utt_id", "path", "message")})
 
         fingerprint = hashlib.sha256()
         for u, digest in sorted(zip(utts, sha), key=lambda t: t[0].utt_id):

@@ -112,9 +112,9 @@ def verify(store: Path) -> None:
         for p in problems:
             click.echo(f"error: {p}", err=True)
         sys.exit(1)
-    from .store import iter_dataset_names
+    from .store import count_datasets
 
-    click.echo(f"{store}: OK ({sum(1 for _ in iter_dataset_names(store))} datasets verified)")
+    click.echo(f"{store}: OK ({count_datasets(store)} datasets verified)")
 
 
 @main.command()

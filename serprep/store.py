@@ -4,15 +4,15 @@ This module is the single definition of the on-disk format; ``sertrain`` imports
 reads the file any other way. Everything is plain HDF5 (readable with h5py alone, no pickles)
 and nothing in it depends on where the file lives: copy it anywhere and it stays valid.
 
-Schema (``SCHEMA_VERSION`` = 1)::
+Schema (``SCHEMA_VERSION`` = 2)::
 
     /                       attrs: format="serprep-store", schema_version, corpus, created (UTC ISO),
                             versions (JSON), feature_config (JSON), segment_config (JSON),
                             build (JSON: classes, subset, label manifest version, augmentation,
                             balancing, seed), label_manifest (JSON), corpus_fingerprint,
-                            checksums (JSON: dataset path -> sha256; /features: SHA-256 over
-                            per-item checksums, see serprep.checksum), item_checksum (the per-item
-                            algorithm, "crc32"), attrs_sha256
+                            item_checksum (the per-item algorithm, "crc32"), checksums (JSON, see
+                            below), attrs_sha256 (SHA-256 over every other root attribute,
+                            checksums included: the store's content id)
     /features               float32 [n_frames_total, 3, n_mels]: the frames of every item
                             (original utterance or augmented copy), items back to back; chunked
                             along frames, uncompressed (compression barely shrinks log-Mel and
@@ -30,6 +30,7 @@ Schema (``SCHEMA_VERSION`` = 1)::
                             speaker (ids into /vocab/*; -1 = none)
     /vocab/{emotion,gender,speaker}   string labels of the ids
     /failures/{utt_id,path,error}     files that were skipped, and why
+    /warnings/{utt_id,path,message}   things the build accepted but a user should know
     /folds/<scheme>/<k>/    train_utts, validation_utts, test_utts, train_segments,
                             validation_segments, test_segments, balanced_index, norm_mean,
                             norm_std ([3, n_mels]); attrs: train/validation/test speakers and
@@ -38,10 +39,23 @@ Schema (``SCHEMA_VERSION`` = 1)::
 Strings are variable-length UTF-8. A segment's input is
 ``features[item.frame_start + offset : ... + valid]`` transposed to ``[3, valid, n_mels]`` and
 zero-padded to ``segment_config.frames``.
+
+Integrity. ``checksums`` maps every dataset (``"segments/emotion"``) to the SHA-256 of its
+shape, dtype and values (``/features``: a SHA-256 over a CRC-32 per item), and every group or
+dataset that has attributes (``"folds/loso/1@attrs"``) to the SHA-256 of those attributes.
+``attrs_sha256`` covers the root attributes including that table, so it identifies the whole
+content. HDF5 itself checksums the metadata of files written with ``libver="v110"`` (object
+headers, B-trees, heaps), but not raw data nor the global heap that holds variable-length
+strings: the table covers those. :class:`StoreReader` checks the root hash and every dataset
+but ``/features`` each time it opens a store (cheap), and can check ``/features`` too
+(``verify_features``); :func:`verify` checks everything. A reader also records the file's
+identity (device, inode, size, modification time) and refuses to read from a file that is no
+longer the one it checked. Schema 1 stores (no attribute checksums) are refused: rebuild them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -56,12 +70,13 @@ from .config import FeatureConfig, SegmentConfig
 if TYPE_CHECKING:  # pandas is imported on first use: the build's writer never needs it
     import pandas as pd
 
-from .checksum import ITEM_CHECKSUM, ITEM_CHECKSUMS_LEGACY, combine_item_digests, frames_digest
+from .checksum import ITEM_CHECKSUM, combine_item_digests, frames_digest
 from .errors import StoreError
 from .features import FEATURE_CHANNELS
+from .output import GuardedFile, is_disk_full, publish, temp_path
 
 FORMAT = "serprep-store"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # 256 frames x 3 x 40 mels x 4 B = 120 KiB per chunk: a 300-frame segment touches 2-3 chunks.
 CHUNK_FRAMES = 256
 # Sized for the chunk layout: a minibatch of 64 segments touches up to ~190 chunks (23 MiB).
@@ -69,9 +84,13 @@ CHUNK_CACHE_BYTES = 64 * 1024 * 1024
 CHUNK_CACHE_SLOTS = 100_003  # prime, >> chunks in cache, as HDF5 recommends
 _STR = h5py.string_dtype("utf-8")
 _DIGEST_BLOCK_BYTES = 16 * 1024 * 1024
+#: Suffix of a checksum-table key that names an object's attributes rather than a dataset.
+ATTRS_KEY = "@attrs"
 
 SEGMENT_COLUMNS = ("item", "utt", "copy", "offset", "valid", "dense", "emotion", "gender", "speaker")
 ITEM_COLUMNS = ("utt", "copy", "frame_start", "n_frames", "augmentation")
+FAILURE_COLUMNS = ("utt_id", "path", "error")
+WARNING_COLUMNS = ("utt_id", "path", "message")
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,7 +143,7 @@ def _strings_digest(shape: tuple[int, ...], values: Iterable[str | bytes]) -> st
 
 def features_digest(f: h5py.File) -> str:
     """Recompute the ``/features`` checksum from the stored frames and the item table."""
-    algorithm = _plain(f.attrs.get("item_checksum", ITEM_CHECKSUMS_LEGACY))
+    algorithm = _plain(f.attrs["item_checksum"])
     ds = f["features"]
     starts = f["items/frame_start"][()]
     counts = f["items/n_frames"][()]
@@ -141,16 +160,23 @@ def features_digest(f: h5py.File) -> str:
     return combine_item_digests(ds.shape, digests, algorithm)
 
 
-def _attrs_digest(attrs: h5py.AttributeManager) -> str:
+def attrs_digest(attrs: h5py.AttributeManager, skip: Iterable[str] = ()) -> str:
+    """SHA-256 over an object's attributes (sorted by name), leaving out the names in ``skip``."""
+    skipped = set(skip)
     h = hashlib.sha256()
     for key in sorted(attrs):
-        if key in ("checksums", "attrs_sha256"):
+        if key in skipped:
             continue
         h.update(key.encode())
         h.update(b"=")
         h.update(repr(_plain(attrs[key])).encode())
         h.update(b"\x00")
     return h.hexdigest()
+
+
+def root_digest(attrs: h5py.AttributeManager) -> str:
+    """The store's content id: :func:`attrs_digest` of the root attributes but itself."""
+    return attrs_digest(attrs, skip=("attrs_sha256",))
 
 
 def _plain(value: Any) -> Any:
@@ -169,14 +195,96 @@ def _all_datasets(f: h5py.File) -> list[str]:
     return sorted(names)
 
 
+def _attribute_sets(f: h5py.File) -> list[str]:
+    """Names of the groups and datasets (not the root) that carry attributes."""
+    names: list[str] = []
+    f.visititems(lambda name, obj: names.append(name) if len(obj.attrs) else None)
+    return sorted(names)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def check_contents(f: h5py.File, *, features: bool, keep: Iterable[str] = ()) -> tuple[list[str], dict[str, Any]]:
+    """Check an open store against its recorded checksums.
+
+    Returns ``(problems, kept)``: one line per problem (no file name; empty = intact) and the
+    values of the datasets named in ``keep`` (a name, or a group prefix ending in ``/``) as
+    read for the check, so a reader need not read them twice. ``/features`` is only checked with ``features`` (it is the bulk of the file).
+    Damaged HDF5 metadata is reported as a problem, not raised.
+    """
+    problems: list[str] = []
+    kept: dict[str, Any] = {}
+    wanted = set(keep)
+    prefixes = tuple(k for k in wanted if k.endswith("/"))
+    try:
+        if _plain(f.attrs.get("attrs_sha256", "")) != root_digest(f.attrs):
+            problems.append("root attributes (configs, build options or checksum table) changed since the store was written")
+        try:
+            recorded = json.loads(_plain(f.attrs["checksums"]))
+        except (KeyError, ValueError, TypeError):
+            return problems + ["no readable checksum table"], kept
+        datasets, attr_sets = _all_datasets(f), _attribute_sets(f)
+    except Exception as exc:  # h5py raises OSError, KeyError, RuntimeError... for damaged metadata
+        return problems + [f"HDF5 metadata is damaged ({_short(exc)})"], kept
+    present = set(datasets) | {name + ATTRS_KEY for name in attr_sets}
+    for name in sorted(set(recorded) - present):
+        what = f"attributes of /{name[: -len(ATTRS_KEY)]}" if name.endswith(ATTRS_KEY) else f"dataset /{name}"
+        problems.append(f"{what} {'are' if name.endswith(ATTRS_KEY) else 'is'} missing")
+    for name in sorted(present - set(recorded)):
+        what = f"attributes of /{name[: -len(ATTRS_KEY)]}" if name.endswith(ATTRS_KEY) else f"dataset /{name}"
+        problems.append(f"{what} {'were' if name.endswith(ATTRS_KEY) else 'was'} added after the store was written")
+    for name in sorted(set(recorded) & present):
+        if name == "features" and not features:
+            continue
+        try:
+            if name.endswith(ATTRS_KEY):
+                obj = name[: -len(ATTRS_KEY)]
+                if attrs_digest(f[obj].attrs) != recorded[name]:
+                    problems.append(f"attributes of /{obj} changed (damaged or modified)")
+                continue
+            if name == "features":
+                digest = features_digest(f)
+            else:
+                value = _read_dataset(f[name])
+                digest = _value_digest(value)
+                if name in wanted or name.startswith(prefixes):
+                    kept[name] = value
+        except Exception as exc:
+            problems.append(f"dataset /{name} is unreadable ({_short(exc)})")
+            continue
+        if digest != recorded[name]:
+            problems.append(f"dataset /{name} checksum mismatch (damaged or modified)")
+    return problems, kept
+
+
+def _read_dataset(ds: h5py.Dataset) -> np.ndarray:
+    """A dataset's values (strings decoded to a str array) in one read."""
+    if h5py.check_string_dtype(ds.dtype) is not None:
+        return np.asarray(ds.asstr()[()], dtype=object)
+    return ds[()]
+
+
+def _value_digest(value: np.ndarray) -> str:
+    if value.dtype.kind == "O":
+        return _strings_digest(value.shape, value.tolist() if value.shape else [value.item()])
+    return array_digest(value)
+
+
 # --------------------------------------------------------------------------------------------
 # Writer
 # --------------------------------------------------------------------------------------------
 class StoreWriter:
-    """Writes a store to a temporary file beside ``path``; :meth:`finalize` renames it.
+    """Writes a store to a temporary file beside ``path``; :meth:`finalize` publishes it.
 
     Use as a context manager: on an exception the temporary file is removed and ``path`` is
-    left untouched. Feature frames are appended a block of items per HDF5 write.
+    left untouched. Feature frames are appended a block of items per HDF5 write. The
+    temporary file is ``.<name>.tmp-<host>-<pid>`` (see :mod:`serprep.output`); publishing
+    never replaces a file that appeared at ``path`` meanwhile unless ``overwrite``. A full
+    disk ends in one :class:`StoreError` ("no space left on device while writing ...") with
+    the temporary file removed, never in a crash (see :class:`serprep.output.GuardedFile`).
     """
 
     def __init__(self, path: str | Path, feature_config: FeatureConfig, *, overwrite: bool = False) -> None:
@@ -185,19 +293,35 @@ class StoreWriter:
             raise StoreError(f"{self.path}: already exists (use --overwrite to replace it)")
         if not self.path.parent.is_dir():
             raise StoreError(f"{self.path}: output folder {self.path.parent} does not exist")
-        self.tmp_path = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.overwrite = overwrite
+        self.tmp_path = temp_path(self.path)
         self.cfg = feature_config
-        self._file = h5py.File(self.tmp_path, "w", libver=("v110", "latest"))
-        frame_shape = (FEATURE_CHANNELS, feature_config.n_mels)
-        self._features = self._file.create_dataset(
-            "features", shape=(0, *frame_shape), maxshape=(None, *frame_shape), dtype=np.float32,
-            chunks=(CHUNK_FRAMES, *frame_shape),
-        )
+        self._sink = GuardedFile(self.tmp_path)
+        self._done = False
+        try:
+            self._file = h5py.File(self._sink, "w", libver=("v110", "latest"))
+            frame_shape = (FEATURE_CHANNELS, feature_config.n_mels)
+            self._features = self._file.create_dataset(
+                "features", shape=(0, *frame_shape), maxshape=(None, *frame_shape), dtype=np.float32,
+                chunks=(CHUNK_FRAMES, *frame_shape),
+            )
+        except BaseException:
+            self.abort()
+            raise
+        self._check_sink()
         self._frames_written = 0
         self.items: dict[str, list[Any]] = {k: [] for k in ITEM_COLUMNS}
         self._item_digests: list[str] = []
         self._digests: dict[str, str] = {}
-        self._done = False
+
+    def _check_sink(self) -> None:
+        """Raise the first write error the file saw (see :class:`GuardedFile`) as one line."""
+        error = self._sink.error
+        if error is None:
+            return
+        if is_disk_full(error):
+            raise StoreError(f"no space left on device while writing {self.path}; nothing written")
+        raise StoreError(f"cannot write {self.path} ({error.strerror or error}); nothing written")
 
     # -- features ---------------------------------------------------------------------------
     def add_block(self, frames: np.ndarray, items: list[tuple[int, int, int, str, str | None]]) -> list[int]:
@@ -227,6 +351,7 @@ class StoreWriter:
             self._features.resize(end, axis=0)
             self._features[self._frames_written : end] = frames
             self._frames_written = end
+            self._check_sink()
         return ids
 
     def add_frames(self, utt: int, copy: int, frames: np.ndarray, augmentation: str = "",
@@ -244,6 +369,7 @@ class StoreWriter:
             data = _column_array(values)
             g.create_dataset(name, data=data)
             self._digests[f"{group}/{name}"] = array_digest(data)
+        self._check_sink()
 
     def write_array(self, name: str, data: np.ndarray, **attrs: Any) -> None:
         data = np.asarray(data)
@@ -251,6 +377,7 @@ class StoreWriter:
         self._digests[name] = array_digest(data)
         for key, value in attrs.items():
             ds.attrs[key] = value
+        self._check_sink()
 
     def set_group_attrs(self, group: str, **attrs: Any) -> None:
         g = self._file.require_group(group)
@@ -263,29 +390,39 @@ class StoreWriter:
 
     # -- finish -----------------------------------------------------------------------------
     def finalize(self) -> Path:
-        """Write items, checksums and the schema stamp, close, and rename into place."""
-        self.write_table("items", self.items)
-        f = self._file
-        f.attrs["format"] = FORMAT
-        f.attrs["schema_version"] = SCHEMA_VERSION
-        f.attrs["feature_config"] = self.cfg.to_json()
-        f.attrs["item_checksum"] = ITEM_CHECKSUM
-        checksums = {name: self._digests.get(name) or dataset_digest(f[name])
-                     for name in _all_datasets(f) if name != "features"}
-        checksums["features"] = combine_item_digests(f["features"].shape, self._item_digests)
-        f.attrs["checksums"] = json.dumps(checksums, sort_keys=True)
-        f.attrs["attrs_sha256"] = _attrs_digest(f.attrs)
-        f.close()
-        os.replace(self.tmp_path, self.path)
+        """Write items, checksums and the schema stamp, close, and publish at ``path``."""
+        try:
+            self.write_table("items", self.items)
+            f = self._file
+            f.attrs["format"] = FORMAT
+            f.attrs["schema_version"] = SCHEMA_VERSION
+            f.attrs["feature_config"] = self.cfg.to_json()
+            f.attrs["item_checksum"] = ITEM_CHECKSUM
+            checksums = {name: self._digests.get(name) or dataset_digest(f[name])
+                         for name in _all_datasets(f) if name != "features"}
+            checksums["features"] = combine_item_digests(f["features"].shape, self._item_digests)
+            for name in _attribute_sets(f):
+                checksums[name + ATTRS_KEY] = attrs_digest(f[name].attrs)
+            f.attrs["checksums"] = json.dumps(checksums, sort_keys=True)
+            f.attrs["attrs_sha256"] = root_digest(f.attrs)
+            f.close()
+            self._sink.fsync()
+            self._sink.close()
+            self._check_sink()
+            publish(self.tmp_path, self.path, self.overwrite)
+        except BaseException:
+            self.abort()
+            raise
         self._done = True
         return self.path
 
     def abort(self) -> None:
         """Close and delete the temporary file."""
-        try:
-            self._file.close()
-        except Exception:
-            pass
+        if hasattr(self, "_file"):
+            with contextlib.suppress(Exception):
+                self._file.close()
+        with contextlib.suppress(Exception):
+            self._sink.close()
         self.tmp_path.unlink(missing_ok=True)
         self._done = True
 
@@ -341,29 +478,108 @@ FOLD_ARRAYS = (
 )
 
 
+@dataclass(frozen=True)
+class FileIdentity:
+    """What says a path still names the file that was checked: device, inode, size, mtime."""
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> "FileIdentity":
+        st = os.stat(path)
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def differences(self, other: "FileIdentity") -> list[str]:
+        names = {"device": "device", "inode": "inode (replaced)", "size": "size", "mtime_ns": "modification time"}
+        return [label for key, label in names.items() if getattr(self, key) != getattr(other, key)]
+
+
 class StoreReader:
-    """Read-only access to a store.
+    """Read-only, checked access to a store.
+
+    Opening checks the schema, the root attribute hash and the checksum of every dataset and
+    attribute set but ``/features`` (and ``/features`` too with ``verify_features``), and
+    refuses a damaged or modified store with one :class:`StoreError` line. It records the
+    file's identity and content id: every later read (a fold, the manifest, a minibatch, a
+    re-open in another process) first checks that the path still names that file, so a store
+    rebuilt or edited while a run reads it stops the run instead of mixing two files.
 
     The HDF5 file is opened lazily on first data access and re-opened in a new process
     (after a fork, or when unpickled in a DataLoader worker): HDF5 handles must not cross a
     fork. Small tables are loaded once and kept as numpy arrays.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, verify_features: bool = False) -> None:
         self.path = Path(path)
         self._handle: h5py.File | None = None
         self._pid: int | None = None
-        with _open_checked(self.path) as f:
+        keep = ["segments/", "vocab/", "items/frame_start"]
+        identity = self._stat()
+        with _open_store(self.path) as f:
+            problems, kept = check_contents(f, features=verify_features, keep=keep)
+            if problems:
+                raise StoreError(_problems_line(self.path, problems))
             self.attrs = {k: _plain(v) for k, v in f.attrs.items()}
+            self._checksums: dict[str, str] = json.loads(self.attrs["checksums"])
+            self.n_frames_total = f["features"].shape[0]
+        if self._stat() != identity:
+            raise StoreError(f"{self.path}: the store changed while it was being checked; try again")
+        self.identity = identity
+        try:
             self.feature_config = FeatureConfig.from_dict(json.loads(self.attrs["feature_config"]))
             self.segment_config = SegmentConfig.from_dict(json.loads(self.attrs["segment_config"]))
-            self._vocab = {k: list(f["vocab"][k].asstr()[()]) for k in f["vocab"]}
-            self._segments = {k: f["segments"][k][()] for k in SEGMENT_COLUMNS}
-            self._item_start = f["items/frame_start"][()]
-            self._schemes = {s: sorted(int(k) for k in f["folds"][s]) for s in f.get("folds", {})}
-            self.n_frames_total = f["features"].shape[0]
+        except (KeyError, ValueError, TypeError) as exc:
+            raise StoreError(f"{self.path}: unreadable feature or segment configuration ({_short(exc)})") from None
+        self._vocab = {name.split("/", 1)[1]: [str(v) for v in value.tolist()]
+                       for name, value in kept.items() if name.startswith("vocab/")}
+        self._segments = {k: kept[f"segments/{k}"] for k in SEGMENT_COLUMNS}
+        self._item_start = kept["items/frame_start"]
+        self._schemes = _fold_ids_from(self._checksums)
         self._seg_start = self._item_start[self._segments["item"]] + self._segments["offset"]
         self._seg_valid = self._segments["valid"].astype(np.int64)
+
+    # -- identity ---------------------------------------------------------------------------
+    def _stat(self) -> FileIdentity:
+        try:
+            return FileIdentity.of(self.path)
+        except FileNotFoundError:
+            raise StoreError(f"{self.path}: no such file") from None
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot read ({exc.strerror or exc})") from None
+
+    def check_identity(self) -> None:
+        """Raise :class:`StoreError` if the path no longer names the file checked at open."""
+        try:
+            now = FileIdentity.of(self.path)
+        except OSError:
+            raise StoreError(f"{self.path}: the store changed since it was opened (the file is gone); "
+                             "nothing read from it after that") from None
+        if now != self.identity:
+            raise StoreError(
+                f"{self.path}: the store changed since it was opened ({', '.join(self.identity.differences(now))} "
+                "differ: rebuilt or modified while in use); results would mix two files, so stopping"
+            )
+
+    @contextlib.contextmanager
+    def _reopen(self) -> Iterator[h5py.File]:
+        """The file again, after checking it is the one checked at open."""
+        self.check_identity()
+        with _open_store(self.path) as f:
+            if _plain(f.attrs.get("attrs_sha256", "")) != self.content_sha256:
+                raise StoreError(f"{self.path}: the store changed since it was opened (content id differs)")
+            yield f
+
+    def _verified(self, f: h5py.File, name: str) -> np.ndarray:
+        """A dataset's values, checked against the checksum recorded for it."""
+        if name not in self._checksums:
+            raise StoreError(f"{self.path}: damaged or modified store: dataset /{name} is not in the checksum table")
+        value = _read_dataset(f[name])
+        if _value_digest(value) != self._checksums[name]:
+            raise StoreError(f"{self.path}: damaged or modified store: dataset /{name} checksum mismatch")
+        return value
 
     # -- metadata ---------------------------------------------------------------------------
     @property
@@ -372,7 +588,16 @@ class StoreReader:
 
     @property
     def fingerprint(self) -> str:
+        """SHA-256 of the source corpus (utterance ids, labels, paths, audio): equal for two
+        stores built from the same corpus files, whatever the build options."""
         return str(self.attrs["corpus_fingerprint"])
+
+    @property
+    def content_sha256(self) -> str:
+        """SHA-256 identifying this store's content: the hash of its root attributes, which
+        hold the checksum of every dataset and attribute set. Two stores with the same value
+        hold the same data; a rebuilt store (even of the same corpus) gets a new one."""
+        return str(self.attrs["attrs_sha256"])
 
     @property
     def build(self) -> dict[str, Any]:
@@ -388,16 +613,12 @@ class StoreReader:
         return list(self._vocab[name])
 
     def manifest(self) -> "pd.DataFrame":
-        """The utterance table (row i = utterance index i)."""
+        """The utterance table (row i = utterance i)."""
         import pandas as pd
 
-        with _open_checked(self.path) as f:
-            g = f["manifest"]
-            cols = {}
-            for name in g:
-                ds = g[name]
-                cols[name] = ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]
-            order = [c for c in MANIFEST_LEADING if c in cols] + sorted(c for c in cols if c not in MANIFEST_LEADING)
+        with self._reopen() as f:
+            cols = {name: self._verified(f, f"manifest/{name}") for name in f["manifest"]}
+        order = [c for c in MANIFEST_LEADING if c in cols] + sorted(c for c in cols if c not in MANIFEST_LEADING)
         return pd.DataFrame({c: cols[c] for c in order})
 
     def segments(self) -> "pd.DataFrame":
@@ -409,20 +630,23 @@ class StoreReader:
         return df
 
     def items(self) -> "pd.DataFrame":
-        import pandas as pd
-
-        with _open_checked(self.path) as f:
-            g = f["items"]
-            return pd.DataFrame({k: (g[k].asstr()[()] if h5py.check_string_dtype(g[k].dtype) else g[k][()]) for k in ITEM_COLUMNS})
+        return self._table("items", ITEM_COLUMNS)
 
     def failures(self) -> "pd.DataFrame":
+        """Files the build skipped, and why."""
+        return self._table("failures", FAILURE_COLUMNS)
+
+    def warnings(self) -> "pd.DataFrame":
+        """What the build accepted but reported (truncated files, unknown label codes...)."""
+        return self._table("warnings", WARNING_COLUMNS)
+
+    def _table(self, group: str, columns: tuple[str, ...]) -> "pd.DataFrame":
         import pandas as pd
 
-        with _open_checked(self.path) as f:
-            g = f.get("failures")
-            if g is None or "utt_id" not in g:
-                return pd.DataFrame(columns=["utt_id", "path", "error"])
-            return pd.DataFrame({k: g[k].asstr()[()] for k in ("utt_id", "path", "error")})
+        with self._reopen() as f:
+            if group not in f:
+                return pd.DataFrame(columns=list(columns))
+            return pd.DataFrame({k: self._verified(f, f"{group}/{k}") for k in columns})
 
     def fold_schemes(self) -> list[str]:
         return sorted(self._schemes)
@@ -438,10 +662,16 @@ class StoreReader:
         ids = self.fold_ids(scheme)
         if k not in ids:
             raise StoreError(f"{self.path}: no fold {k} in scheme {scheme!r}; folds are {ids[0]}..{ids[-1]}")
-        with _open_checked(self.path) as f:
-            g = f["folds"][scheme][str(k)]
-            arrays = {name: g[name][()] for name in FOLD_ARRAYS}
-            meta = {k2: json.loads(_plain(v)) for k2, v in g.attrs.items()}
+        group = f"folds/{scheme}/{k}"
+        with self._reopen() as f:
+            arrays = {name: self._verified(f, f"{group}/{name}") for name in FOLD_ARRAYS}
+            attrs = f[group].attrs
+            if attrs_digest(attrs) != self._checksums.get(group + ATTRS_KEY):
+                raise StoreError(f"{self.path}: damaged or modified store: attributes of /{group} changed")
+            meta = {k2: json.loads(_plain(v)) for k2, v in attrs.items()}
+        for name in ("norm_mean", "norm_std"):
+            if not np.all(np.isfinite(arrays[name])):
+                raise StoreError(f"{self.path}: fold {scheme}/{k} has non-finite normalisation statistics ({name})")
         return Fold(scheme=scheme, fold=k, **arrays,
                     train_speakers=meta.get("train_speakers", []),
                     validation_speakers=meta.get("validation_speakers", []),
@@ -451,9 +681,14 @@ class StoreReader:
     # -- data -------------------------------------------------------------------------------
     def _features(self) -> h5py.Dataset:
         if self._handle is None or self._pid != os.getpid():
-            # A handle inherited through fork is never used: open a fresh one in this process.
-            self._handle = h5py.File(self.path, "r", rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_nslots=CHUNK_CACHE_SLOTS)
-            self._pid = os.getpid()
+            # A handle inherited through fork is never used: open a fresh one in this process,
+            # after checking that the path still names the file checked at open.
+            self.check_identity()
+            handle = _open_h5(self.path, rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_nslots=CHUNK_CACHE_SLOTS)
+            if _plain(handle.attrs.get("attrs_sha256", "")) != self.content_sha256:
+                handle.close()
+                raise StoreError(f"{self.path}: the store changed since it was opened (content id differs)")
+            self._handle, self._pid = handle, os.getpid()
         return self._handle["features"]
 
     def read_segments(self, indices: Iterable[int] | np.ndarray, max_gap: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -461,11 +696,13 @@ class StoreReader:
 
         Output order follows ``indices``. Reads go in ascending file order, and segments whose
         frame ranges overlap or lie within ``max_gap`` frames are served by one contiguous
-        read (no h5py fancy indexing, which is very slow on chunked data).
+        read (no h5py fancy indexing, which is very slow on chunked data). Each call first
+        checks (one ``stat``) that the file is still the one opened.
         """
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= self.n_segments):
             raise StoreError(f"{self.path}: segment index out of range 0..{self.n_segments - 1}")
+        self.check_identity()
         frames, n_mels = self.segment_config.frames, self.feature_config.n_mels
         out = np.zeros((idx.size, FEATURE_CHANNELS, frames, n_mels), dtype=np.float32)
         valid = self._seg_valid[idx]
@@ -474,17 +711,21 @@ class StoreReader:
         ds = self._features()
         order = np.argsort(starts, kind="stable")
         i = 0
-        while i < len(order):
-            run_start, run_end = starts[order[i]], ends[order[i]]
-            j = i + 1
-            while j < len(order) and starts[order[j]] <= run_end + max_gap:
-                run_end = max(run_end, ends[order[j]])
-                j += 1
-            block = ds[run_start:run_end]  # [n, 3, M] contiguous read
-            for pos in order[i:j]:
-                s = starts[pos] - run_start
-                out[pos, :, : valid[pos]] = block[s : s + valid[pos]].transpose(1, 0, 2)
-            i = j
+        try:
+            while i < len(order):
+                run_start, run_end = starts[order[i]], ends[order[i]]
+                j = i + 1
+                while j < len(order) and starts[order[j]] <= run_end + max_gap:
+                    run_end = max(run_end, ends[order[j]])
+                    j += 1
+                block = ds[run_start:run_end]  # [n, 3, M] contiguous read
+                for pos in order[i:j]:
+                    s = starts[pos] - run_start
+                    out[pos, :, : valid[pos]] = block[s : s + valid[pos]].transpose(1, 0, 2)
+                i = j
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            raise StoreError(f"{self.path}: damaged store: cannot read /features ({_short(exc)}); "
+                             "run serprep verify") from None
         return out, valid.copy()
 
     def close(self) -> None:
@@ -511,81 +752,80 @@ MANIFEST_LEADING = (
 )
 
 
-class _open_checked:
-    """Context manager: open read-only and check that this is a store this code can read."""
+def _fold_ids_from(checksums: dict[str, str]) -> dict[str, list[int]]:
+    """Fold schemes and numbers as recorded in the checksum table (not as groups found in the
+    file: a group added later is not a fold)."""
+    schemes: dict[str, set[int]] = {}
+    for name in checksums:
+        parts = name.split("/")
+        if len(parts) == 4 and parts[0] == "folds" and parts[3] == "balanced_index" and parts[2].isdigit():
+            schemes.setdefault(parts[1], set()).add(int(parts[2]))
+    return {s: sorted(ids) for s, ids in schemes.items()}
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.f: h5py.File | None = None
 
-    def __enter__(self) -> h5py.File:
-        if not self.path.exists():
-            raise StoreError(f"{self.path}: no such file")
+def _problems_line(path: Path, problems: list[str]) -> str:
+    if len(problems) == 1:
+        return f"{path}: damaged or modified store: {problems[0]}"
+    return (f"{path}: damaged or modified store, {len(problems)} problems (serprep verify lists them); "
+            f"first: {problems[0]}")
+
+
+def _open_h5(path: Path, **kwargs: Any) -> h5py.File:
+    if not path.exists():
+        raise StoreError(f"{path}: no such file")
+    if path.is_dir():
+        raise StoreError(f"{path}: is a directory, not a store")
+    try:
+        return h5py.File(path, "r", **kwargs)
+    except Exception as exc:  # OSError for "not HDF5", others for damaged superblocks
+        raise StoreError(f"{path}: not a readable HDF5 file ({_short(exc)})") from None
+
+
+@contextlib.contextmanager
+def _open_store(path: Path) -> Iterator[h5py.File]:
+    """Open read-only, check that this is a store this code reads, and turn any HDF5 error
+    raised while the caller reads it into one :class:`StoreError` line naming the file."""
+    f = _open_h5(path)
+    try:
         try:
-            self.f = h5py.File(self.path, "r")
-        except OSError as exc:
-            raise StoreError(f"{self.path}: not a readable HDF5 file ({_short(exc)})") from None
-        fmt = _plain(self.f.attrs.get("format", ""))
+            fmt = _plain(f.attrs.get("format", ""))
+            version = _plain(f.attrs.get("schema_version", -1))
+        except Exception as exc:
+            raise StoreError(f"{path}: damaged store: unreadable root attributes ({_short(exc)})") from None
         if fmt != FORMAT:
-            self.f.close()
-            raise StoreError(f"{self.path}: not a serprep store (format attribute is {fmt!r})")
-        version = int(_plain(self.f.attrs.get("schema_version", -1)))
+            raise StoreError(f"{path}: not a serprep store (format attribute is {fmt!r})")
         if version != SCHEMA_VERSION:
-            self.f.close()
             raise StoreError(
-                f"{self.path}: store schema version {version}, this serprep reads version {SCHEMA_VERSION}; rebuild the store or install a matching serprep"
+                f"{path}: store schema version {version}, this serprep reads version {SCHEMA_VERSION} "
+                "(version 2 added checksums over every attribute); rebuild the store with this serprep"
             )
-        missing = [g for g in ("features", "manifest", "segments", "items", "vocab") if g not in self.f]
-        if missing:
-            self.f.close()
-            raise StoreError(f"{self.path}: damaged store, missing {', '.join(missing)}")
-        return self.f
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.f is not None:
-            self.f.close()
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).splitlines()
-    return text[0] if text else type(exc).__name__
+        try:
+            yield f
+        except StoreError:
+            raise
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise StoreError(f"{path}: damaged store ({_short(exc)}); run serprep verify") from None
+    finally:
+        with contextlib.suppress(Exception):
+            f.close()
 
 
 # --------------------------------------------------------------------------------------------
 # Verification
 # --------------------------------------------------------------------------------------------
 def verify(path: str | Path) -> list[str]:
-    """Re-check every recorded checksum; returns a list of problems (empty = intact)."""
+    """Re-check every recorded checksum, ``/features`` included; returns one line per problem,
+    each starting with the path (empty = intact). Never raises for a damaged file."""
     path = Path(path)
-    problems: list[str] = []
     try:
-        with _open_checked(path) as f:
-            try:
-                recorded = json.loads(_plain(f.attrs["checksums"]))
-            except (KeyError, ValueError):
-                return [f"{path}: no checksum table"]
-            if _plain(f.attrs.get("attrs_sha256", "")) != _attrs_digest(f.attrs):
-                problems.append(f"{path}: metadata attributes changed since the store was written")
-            present = set(_all_datasets(f))
-            for name in sorted(set(recorded) - present):
-                problems.append(f"{path}: dataset /{name} is missing")
-            for name in sorted(present - set(recorded)):
-                problems.append(f"{path}: dataset /{name} was added after the store was written")
-            for name in sorted(set(recorded) & present):
-                try:
-                    digest = features_digest(f) if name == "features" else dataset_digest(f[name])
-                except (OSError, ValueError) as exc:
-                    problems.append(f"{path}: dataset /{name} is unreadable ({_short(exc)})")
-                    continue
-                if digest != recorded[name]:
-                    problems.append(f"{path}: dataset /{name} checksum mismatch (damaged or modified)")
+        with _open_store(path) as f:
+            problems, _ = check_contents(f, features=True)
     except StoreError as exc:
-        problems.append(str(exc))
-    except OSError as exc:
-        problems.append(f"{path}: unreadable ({_short(exc)})")
-    return problems
+        return [str(exc)]
+    return [f"{path}: {p}" for p in problems]
 
 
-def iter_dataset_names(path: str | Path) -> Iterator[str]:
-    with _open_checked(Path(path)) as f:
-        yield from _all_datasets(f)
+def count_datasets(path: str | Path) -> int:
+    """Number of datasets in a store (for ``serprep verify``'s summary)."""
+    with _open_store(Path(path)) as f:
+        return len(_all_datasets(f))

@@ -41,6 +41,21 @@ _CONFIG_OPTIONS: list[tuple[str, str, Any, str]] = [
 ]
 
 
+_VERIFY_OPTION = click.option(
+    "--verify", is_flag=True,
+    help="Also check the checksums of the store's feature frames before using it (reads the whole file; "
+         "every other dataset is checked on every open).")
+
+
+def _open_for_run(store: Path, verify: bool) -> Any:
+    """The store path, or with --verify the store opened with its frames checked."""
+    if not verify:
+        return store
+    from .data import open_store
+
+    return open_store(store, verify_features=True)
+
+
 def _config_options(func: Callable) -> Callable:
     """Add --config, the config-key options, --set, --device, --resume, --threads, --quiet."""
     decorators = [
@@ -55,6 +70,7 @@ def _config_options(func: Callable) -> Callable:
                      help="Continue an interrupted run from OUT/last.pt (optimizer, epoch, best metric, RNG); "
                           "finished folds are only re-tested."),
         click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)."),
+        _VERIFY_OPTION,
         click.option("--quiet", "-q", is_flag=True, help="Only print the results, not every epoch."),
     ]
     for deco in reversed(decorators):
@@ -84,9 +100,23 @@ def _handle_errors(func: Callable) -> Callable:
 
 
 def _fail(message: str, code: int) -> None:
-    first = (message.strip().splitlines() or ["unknown error"])[0]
-    click.echo(f"error: {first}", err=True)
+    click.echo(f"error: {_first_line(message)}", err=True)
     sys.exit(code)
+
+
+def _first_line(message: str) -> str:
+    """The line a user needs from an error message.
+
+    An exception raised in a DataLoader worker reaches the main process re-created with
+    torch's text, "Caught StoreError in DataLoader worker process 0." followed by the
+    worker's traceback, whose last line holds the original message: show that one.
+    """
+    lines = [line for line in message.strip().splitlines() if line.strip()] or ["unknown error"]
+    if lines[0].startswith("Caught ") and "worker process" in lines[0] and len(lines) > 1:
+        last = lines[-1]
+        name, sep, text = last.partition(": ")
+        return text if sep and name.replace(".", "").replace("_", "").isalnum() else last
+    return lines[0]
 
 
 def _resolve(kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any], Any]:
@@ -175,8 +205,8 @@ def cv(store: Path, out_dir: Path, folds_text: str | None, aux_text: str | None,
     from .train import run_cv
 
     cfg, overrides, device = _resolve(kwargs)
-    run_cv(store, cfg, out_dir, folds=_parse_folds(folds_text), aux_settings=_parse_aux(aux_text),
-           device=str(device), resume=kwargs["resume"], overrides=overrides,
+    run_cv(_open_for_run(store, kwargs["verify"]), cfg, out_dir, folds=_parse_folds(folds_text),
+           aux_settings=_parse_aux(aux_text), device=str(device), resume=kwargs["resume"], overrides=overrides,
            log=_logger(kwargs["quiet"]), report=lambda m: click.echo(m))
 
 
@@ -199,8 +229,8 @@ def train(store: Path, fold: int, out_dir: Path, aux: str | None, **kwargs: Any)
     if aux:
         overrides["loss.aux"] = aux
         cfg = apply_overrides(cfg, {"loss.aux": aux})
-    result = train_fold(store, fold, cfg, out_dir, device=str(device), resume=kwargs["resume"],
-                        overrides=overrides, log=_logger(kwargs["quiet"]))
+    result = train_fold(_open_for_run(store, kwargs["verify"]), fold, cfg, out_dir, device=str(device),
+                        resume=kwargs["resume"], overrides=overrides, log=_logger(kwargs["quiet"]))
     click.echo(fold_table([result.row()], summary=False))
     click.echo(f"wrote {out_dir / 'best.pt'} and reports in {out_dir}")
 
@@ -219,9 +249,11 @@ def train(store: Path, fold: int, out_dir: Path, aux: str | None, **kwargs: Any)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write metrics.json, predictions.csv and confusion.png here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@_VERIFY_OPTION
 @_handle_errors
 def evaluate(checkpoint: Path, store: Path, fold: int | None, scheme: str | None, split: str,
-             aggregate: str | None, device: str, num_workers: int, out_dir: Path | None, as_json: bool) -> None:
+             aggregate: str | None, device: str, num_workers: int, out_dir: Path | None, as_json: bool,
+             verify: bool) -> None:
     """Score a checkpoint at utterance level on a fold of a store.
 
     Prints WA, UA, macro-F1, per-class recall, UA by gender and the confusion matrix. The
@@ -233,7 +265,8 @@ def evaluate(checkpoint: Path, store: Path, fold: int | None, scheme: str | None
     from .report import pct
 
     ev, info = evaluate_checkpoint(checkpoint, store, fold, scheme=scheme, split=split,
-                                   aggregate_how=aggregate, device=device, num_workers=num_workers)
+                                   aggregate_how=aggregate, device=device, num_workers=num_workers,
+                                   verify_features=verify)
     m = ev.metrics
     if out_dir is not None:
         write_reports(out_dir, {**info, split: m}, ev.predictions, None, m["confusion"], m["classes"],

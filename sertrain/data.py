@@ -220,14 +220,19 @@ def make_loader(
     )
 
 
-def open_store(path: str | Path) -> Any:
-    """Open a store with :class:`serprep.store.StoreReader`; a missing file is an :class:`InputError`."""
+def open_store(path: str | Path, verify_features: bool = False) -> Any:
+    """Open a store with :class:`serprep.store.StoreReader`; a missing file is an :class:`InputError`.
+
+    Opening checks every dataset's checksum but ``/features`` (fractions of a second);
+    ``verify_features`` checks the frames too (``sertrain --verify``: a full read of the file).
+    A damaged or modified store is a one-line :class:`serprep.errors.StoreError`.
+    """
     from serprep.store import StoreReader  # imported late: the CLI's --help must not need h5py
 
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: store not found")
-    return StoreReader(p)
+    return StoreReader(p, verify_features=verify_features)
 
 
 def resolve_fold(reader: Any, scheme: str, fold: int, store_name: str) -> Any:

@@ -221,6 +221,7 @@ def evaluate_checkpoint(
     device: str = "auto",
     num_workers: int = 0,
     batch_size: int | None = None,
+    verify_features: bool = False,
 ) -> tuple[Evaluation, dict[str, Any]]:
     """Evaluate a saved checkpoint on one split of a store's fold.
 
@@ -238,7 +239,7 @@ def evaluate_checkpoint(
 
     ckpt = load_checkpoint(checkpoint)
     cfg = ckpt.run_config()
-    reader = open_store(store)
+    reader = open_store(store, verify_features=verify_features)
     try:
         name = str(store)
         check_input_spec(ckpt.input_spec, InputSpec.from_reader(reader), name)

@@ -129,12 +129,12 @@ def test_folds_are_speaker_independent_and_cover_all_speakers(iemocap_store):
 def test_store_records_config_versions_and_checksums(iemocap_store):
     out, _, _ = iemocap_store
     with h5py.File(out, "r") as f:
-        assert f.attrs["format"] == "serprep-store" and f.attrs["schema_version"] == 1
+        assert f.attrs["format"] == "serprep-store" and f.attrs["schema_version"] == 2
         assert json.loads(f.attrs["feature_config"])["n_mels"] == 40
         versions = json.loads(f.attrs["versions"])
         assert {"serprep", "librosa", "h5py", "numpy"} <= set(versions)
         checksums = json.loads(f.attrs["checksums"])
-        assert "features" in checksums and "manifest/utt_id" in checksums
+        assert "features" in checksums and "manifest/utt_id" in checksums and "folds/loso/1@attrs" in checksums
         assert len(f.attrs["corpus_fingerprint"]) == 64
         assert f["features"].chunks is not None and f["features"].compression is None
         # No absolute paths anywhere in the metadata.

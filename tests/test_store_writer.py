@@ -1,5 +1,6 @@
 """StoreWriter internals a user relies on: frames land where the item table says, checksums
-recorded while writing equal a recomputation from the file, and older stores still verify."""
+recorded while writing equal a recomputation from the file, attributes are covered, and
+stores of another schema version are refused."""
 
 from __future__ import annotations
 
@@ -10,10 +11,9 @@ import h5py
 import numpy as np
 import pytest
 
-from serprep.checksum import combine_item_digests, frames_digest
 from serprep.config import FeatureConfig
 from serprep.errors import StoreError
-from serprep.store import CHUNK_FRAMES, StoreWriter, _attrs_digest, _plain, dataset_digest, verify
+from serprep.store import CHUNK_FRAMES, StoreReader, StoreWriter, _plain, attrs_digest, dataset_digest, root_digest, verify
 
 
 def _minimal_tables(writer: StoreWriter, n_utts: int) -> None:
@@ -78,29 +78,33 @@ def test_checksums_recorded_while_writing_match_the_file(tmp_path):
             assert recorded[name] == dataset_digest(f[name]), name
 
 
-def test_stores_with_sha256_item_checksums_still_verify(tmp_path):
-    """Stores written before ``item_checksum`` existed hashed each item with SHA-256."""
+def test_attribute_sets_are_in_the_checksum_table(tmp_path):
+    writer = StoreWriter(tmp_path / "s.h5", FeatureConfig())
+    writer.add_frames(0, 0, np.ones((5, 3, 40), np.float32))
+    _minimal_tables(writer, 1)
+    writer.write_array("folds/loso/1/norm_mean", np.zeros((3, 40), np.float32), unit="z")
+    writer.set_group_attrs("folds/loso/1", test_speakers='["a"]')
+    writer.finalize()
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        recorded = json.loads(_plain(f.attrs["checksums"]))
+        assert recorded["folds/loso/1@attrs"] == attrs_digest(f["folds/loso/1"].attrs)
+        assert recorded["folds/loso/1/norm_mean@attrs"] == attrs_digest(f["folds/loso/1/norm_mean"].attrs)
+        # The content id covers every root attribute, the checksum table included.
+        assert _plain(f.attrs["attrs_sha256"]) == root_digest(f.attrs)
+    with h5py.File(tmp_path / "s.h5", "r+") as f:
+        f.attrs["checksums"] = f.attrs["checksums"].replace(recorded["manifest/utt_id"], "0" * 64)
+    assert any("root attributes" in p for p in verify(tmp_path / "s.h5"))
+
+
+def test_schema_1_stores_are_refused_with_a_rebuild_hint(tmp_path):
     path = tmp_path / "old.h5"
     writer = StoreWriter(path, FeatureConfig())
-    rng = np.random.default_rng(3)
-    for k in range(3):
-        writer.add_frames(k, 0, rng.standard_normal((40 + k, 3, 40)).astype(np.float32))
-    _minimal_tables(writer, 3)
+    writer.add_frames(0, 0, np.ones((5, 3, 40), np.float32))
+    _minimal_tables(writer, 1)
     writer.finalize()
     with h5py.File(path, "r+") as f:
-        ds, counts = f["features"], f["items/n_frames"][()]
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        legacy = combine_item_digests(ds.shape, [frames_digest(ds[s : s + n], "sha256") for s, n in zip(starts, counts)],
-                                      "sha256")
-        checksums = json.loads(_plain(f.attrs["checksums"]))
-        assert checksums["features"] != legacy
-        checksums["features"] = legacy
-        f.attrs["checksums"] = json.dumps(checksums, sort_keys=True)
-        del f.attrs["item_checksum"]
-        f.attrs["attrs_sha256"] = _attrs_digest(f.attrs)
-    assert verify(path) == []
-    damaged = tmp_path / "damaged.h5"
-    shutil.copy(path, damaged)
-    with h5py.File(damaged, "r+") as f:
-        f["features"][41, 2, 7] = 0.5
-    assert any("/features checksum mismatch" in p for p in verify(damaged))
+        f.attrs["schema_version"] = 1
+    (problem,) = verify(path)
+    assert str(path) in problem and "schema version 1" in problem and "rebuild" in problem
+    with pytest.raises(StoreError, match="schema version 1"):
+        StoreReader(path)
