@@ -180,7 +180,7 @@ def main() -> None:
     # Naive baseline on each corpus, over exactly the files the build extracts.
     baseline: dict[float, float] = {}
     for h in args.hours:
-        utts = read_corpus("iemocap", corpora[h])
+        utts = read_corpus("iemocap", corpora[h]).utterances
         classes = assign_classes(utts, load_spec("iemocap"), "4class-merged", "all")
         listing = args.workdir / f"naive_files_{h:g}h.json"
         listing.write_text(json.dumps([str(corpora[h] / u.path) for u, c in zip(utts, classes) if c]))

@@ -7,9 +7,9 @@ import io
 import os
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import soundfile as sf
@@ -19,12 +19,58 @@ from .errors import AudioError
 
 @dataclass
 class DecodedAudio:
-    """A decoded file: mono float32 samples at ``sample_rate`` and the raw bytes' SHA-256."""
+    """A decoded file: mono float32 samples at ``sample_rate`` and the raw bytes' SHA-256.
+
+    ``warnings`` lists what was accepted but a user should know (a truncated file, an
+    upsampled low rate), one line each, without the file name.
+    """
 
     samples: np.ndarray
     sample_rate: int
     source_sample_rate: int
     sha256: str
+    warnings: list[str] = field(default_factory=list)
+
+
+#: Below this a file is not speech audio (a header error such as a 1 Hz rate): refused.
+MIN_SOURCE_RATE = 4000
+
+
+def check_source_rate(rate: int, target_rate: int, name: str) -> list[str]:
+    """Refuse an implausible sample rate (:class:`AudioError` naming ``name``); warn when the
+    file must be upsampled (its mel bands above half its rate then carry no signal)."""
+    if rate < MIN_SOURCE_RATE:
+        raise AudioError(f"{name}: sample rate {rate} Hz is implausible for speech (below {MIN_SOURCE_RATE} Hz)")
+    if rate < target_rate:
+        return [f"upsampled from {rate} Hz to {target_rate} Hz: mel bands above {rate // 2} Hz carry no signal"]
+    return []
+
+
+def wav_truncation(head: bytes, file_size: int) -> str | None:
+    """A warning if a RIFF/WAVE file's data chunk announces more bytes than the file holds.
+
+    libsndfile then decodes what is there without a word; the store must not (a cut-off
+    recording is a labelling hazard). None for complete files and for other formats.
+    """
+    for chunk, body, size in _riff_chunks(head, len(head)):
+        if chunk == b"data":
+            present = max(0, file_size - body)
+            if size > present:
+                return f"truncated file: the header announces {size} bytes of audio, the file holds {present}"
+            return None
+    return None
+
+
+def _riff_chunks(head: bytes, file_size: int) -> Iterator[tuple[bytes, int, int]]:
+    """``(chunk id, body offset, declared size)`` of each chunk of a RIFF/WAVE header, in order,
+    as far as ``head`` reaches (the last one may extend past ``file_size``)."""
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return
+    pos = 12
+    while pos + 8 <= min(len(head), file_size):
+        size = int.from_bytes(head[pos + 4 : pos + 8], "little")
+        yield head[pos : pos + 4], pos + 8, size
+        pos += 8 + size + (size & 1)  # chunks are word-aligned
 
 
 def decode_bytes(data: bytes, name: str, target_rate: int) -> DecodedAudio:
@@ -56,13 +102,8 @@ def _pcm16_layout(head: bytes, file_size: int) -> tuple[int, int, int, int] | No
     ``head`` is the file's first bytes (the whole file, or enough to reach the data chunk's
     header). None for anything else, including a header that disagrees with ``file_size``.
     """
-    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        return None
     fmt: tuple[int, int, int, int] | None = None
-    pos = 12
-    while pos + 8 <= len(head):
-        chunk, size = head[pos : pos + 4], int.from_bytes(head[pos + 4 : pos + 8], "little")
-        body = pos + 8
+    for chunk, body, size in _riff_chunks(head, len(head)):
         if body + size > file_size:
             return None  # truncated chunk: libsndfile decides what is left
         if chunk == b"fmt ":
@@ -81,7 +122,6 @@ def _pcm16_layout(head: bytes, file_size: int) -> tuple[int, int, int, int] | No
             if tag != _WAVE_FORMAT_PCM or bits != 16 or channels < 1 or rate < 1 or size % (2 * channels):
                 return None
             return body, size, channels, rate
-        pos = body + size + (size & 1)  # chunks are word-aligned
     return None
 
 
@@ -113,12 +153,16 @@ def _decoded(source: Any, digest: str, name: str, target_rate: int, data: bytes 
             raise AudioError(f"{name}: cannot decode audio ({_first_line(exc)})") from None
     if samples.shape[0] == 0:
         raise AudioError(f"{name}: audio has no samples")
+    warnings = check_source_rate(int(rate), target_rate, name)
+    if fast is None and data is not None:
+        truncated = wav_truncation(data[:65536], len(data))
+        warnings += [truncated] if truncated else []
     mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
     if not np.all(np.isfinite(mono)):
         raise AudioError(f"{name}: audio contains NaN or infinite samples")
     if rate != target_rate:
         mono = resample(mono, rate, target_rate)
-    return DecodedAudio(np.ascontiguousarray(mono, dtype=np.float32), target_rate, int(rate), digest)
+    return DecodedAudio(np.ascontiguousarray(mono, dtype=np.float32), target_rate, int(rate), digest, warnings)
 
 
 def resample(samples: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:

@@ -67,12 +67,10 @@ def build(corpus, root, out, classes, subset, n_mels, segment_frames, segment_ho
     """
     from .build import BuildOptions, build_store
 
-    if segment_hop <= 0 or segment_frames <= 0:
-        raise click.BadParameter("segment frames and hop must be positive")
     opts = BuildOptions(
         corpus=corpus, root=root, out=out, classes=classes, subset=subset,
         features=FeatureConfig(n_mels=n_mels),
-        segments=SegmentConfig(frames=segment_frames, hop=segment_hop, min_hop=min(50, segment_hop)),
+        segments=SegmentConfig(frames=segment_frames, hop=segment_hop, min_hop=max(1, min(50, segment_hop))),
         augment=augment, copies=copies, balance=balance, max_copies=max_copies, seed=seed, jobs=jobs, backend=backend,
         strict=strict, overwrite=overwrite, progress=not quiet, task_timeout=task_timeout,
     )
@@ -86,6 +84,13 @@ def build(corpus, root, out, classes, subset, n_mels, segment_frames, segment_ho
         click.echo(f"skipped {len(s.failures)} unreadable file(s) (recorded in the store):")
         for path, err in s.failures:
             click.echo(f"  {err}")
+    if s.skipped_labels:
+        click.echo(f"skipped {len(s.skipped_labels)} label line(s) that do not parse (recorded in the store):")
+        for where, problem in s.skipped_labels:
+            click.echo(f"  {where}: {problem}")
+    click.echo(f"warnings: {len(s.warnings)}" + (" (recorded in the store; serprep info lists them)" if s.warnings else ""))
+    for where, message in s.warnings:
+        click.echo(f"  {where}: {message}")
     for note in s.fold_notes:
         click.echo(f"note: {note}")
 
@@ -139,6 +144,22 @@ def report(store: Path, out: Path, scheme: str | None) -> None:
 
     for path in write_report(store, out, scheme):
         click.echo(f"wrote {path}")
+
+
+@main.command("clean-tmp")
+@click.argument("folder", type=click.Path(file_okay=False, exists=True, path_type=Path), default=".")
+def clean_tmp(folder: Path) -> None:
+    """Remove temporary store files left in FOLDER by builds that were killed.
+
+    Only files named like a build's temp file (.NAME.tmp-HOST-PID) whose process is gone on
+    this host; a running build's temp file, or one from another host sharing the folder, is kept.
+    """
+    from .output import remove_stale_temps
+
+    removed = remove_stale_temps(folder)
+    for path in removed:
+        click.echo(f"removed {path}")
+    click.echo(f"{len(removed)} stale temporary file(s) removed from {folder}")
 
 
 @main.command("demo-corpus")

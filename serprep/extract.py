@@ -20,6 +20,7 @@ from .errors import AudioError
 from .features import FEATURE_CHANNELS, LogMelExtractor
 from .segments import segment_offsets, valid_frames
 from .checksum import frames_digest
+from .executor import exit_with_parent
 
 
 @dataclass
@@ -61,8 +62,9 @@ def tune_malloc() -> None:
 _PROCESS_PREPARED = False
 
 
-def prepare_worker_process() -> None:
-    """Once per worker process: malloc tuning and a single BLAS thread.
+def prepare_worker_process(build_pid: int | None = None) -> None:
+    """Once per worker process: exit with the build (``build_pid``, when the executor passes
+    it at start-up), malloc tuning and a single BLAS thread.
 
     The workers already fill the cores, and multi-threaded OpenBLAS on these small matrices
     was measured many times slower under contention. Only for worker processes: in the
@@ -72,6 +74,8 @@ def prepare_worker_process() -> None:
     if _PROCESS_PREPARED:
         return
     _PROCESS_PREPARED = True
+    if build_pid is not None:
+        exit_with_parent(build_pid)
     tune_malloc()
     from threadpoolctl import threadpool_limits
 
@@ -121,7 +125,7 @@ def extract_block(tasks: list[Task], root: str, extract: LogMelExtractor, seg: S
     entries = []
     decoded: list[_Decoded] = []
     for task in tasks:
-        entry: dict[str, Any] = {"utt": task.utt, "items": [], "error": None}
+        entry: dict[str, Any] = {"utt": task.utt, "items": [], "error": None, "warnings": []}
         entries.append(entry)
         try:
             audio = load_audio(os.path.join(root, task.path), cfg.sample_rate, name=task.path)
@@ -136,7 +140,7 @@ def extract_block(tasks: list[Task], root: str, extract: LogMelExtractor, seg: S
             entry["error"] = f"{task.path}: {type(exc).__name__}: {exc}"
             continue
         entry.update(sha256=audio.sha256, source_rate=audio.source_sample_rate,
-                     duration=len(audio.samples) / cfg.sample_rate)
+                     duration=len(audio.samples) / cfg.sample_rate, warnings=audio.warnings)
         decoded.append((entry, task, signals))
 
     # One feature pass over every signal of the block (see LogMelExtractor.frames_block).
@@ -145,12 +149,24 @@ def extract_block(tasks: list[Task], root: str, extract: LogMelExtractor, seg: S
     except Exception:  # not expected for decoded audio; if it happens, find the file it was
         return {"entries": entries, "frames": _frames_file_by_file(decoded, extract, seg)}
     start, item_counts = 0, iter(counts)
+    keep = np.ones(len(frames), dtype=bool)
     for entry, task, signals in decoded:
+        entry_start = start
         for copy, chain, _ in signals:
             n = next(item_counts)
             entry["items"].append(_segment_item(frames[start : start + n], copy, chain, seg, task.class_hop))
             start += n
-    return {"entries": entries, "frames": frames}
+        bad = [it["copy"] for it in entry["items"] if not it["finite"]]
+        if bad:
+            entry["error"] = _not_finite_message(task.path, bad)
+            entry["items"] = []
+            keep[entry_start:start] = False
+    return {"entries": entries, "frames": frames if keep.all() else frames[keep]}
+
+
+def _not_finite_message(path: str, copies: list[int]) -> str:
+    what = "features" if 0 in copies else f"features of augmented copy {copies[0]}"
+    return f"{path}: {what} are not all finite (samples far outside [-1, 1]?)"
 
 
 def _frames_file_by_file(decoded: list[_Decoded], extract: LogMelExtractor, seg: SegmentConfig) -> np.ndarray:
@@ -162,8 +178,13 @@ def _frames_file_by_file(decoded: list[_Decoded], extract: LogMelExtractor, seg:
         except Exception as exc:
             entry["error"] = f"{task.path}: {type(exc).__name__}: {exc}"
             continue
-        for (copy, chain, _), frames in zip(signals, item_frames):
-            entry["items"].append(_segment_item(frames, copy, chain, seg, task.class_hop))
+        items = [_segment_item(frames, copy, chain, seg, task.class_hop)
+                 for (copy, chain, _), frames in zip(signals, item_frames)]
+        bad = [it["copy"] for it in items if not it["finite"]]
+        if bad:
+            entry["error"] = _not_finite_message(task.path, bad)
+            continue
+        entry["items"] = items
         kept += item_frames
     return np.concatenate(kept) if kept else np.zeros((0, FEATURE_CHANNELS, extract.cfg.n_mels), dtype=np.float32)
 
@@ -184,6 +205,10 @@ def _segment_item(frames: np.ndarray, copy: int, chain: str, seg: SegmentConfig,
         weight[o : o + v] += 1.0
     flat = frames.reshape(n_frames, -1)
     # Per-item sums in float32 (a few hundred frames); the writer accumulates them in float64.
+    total = (weight @ flat).reshape(frames.shape[1:]).astype(np.float64)
+    # Every frame lies in at least one window (the last one ends at the last frame), so a
+    # NaN or infinity anywhere in the item makes its weighted sum non-finite: the finiteness
+    # check costs nothing beyond the sums the statistics need anyway.
     return {
         "copy": copy,
         "chain": chain,
@@ -192,7 +217,8 @@ def _segment_item(frames: np.ndarray, copy: int, chain: str, seg: SegmentConfig,
         "offsets": offsets,
         "dense": dense,
         "valid": valid,
-        "sum": (weight @ flat).reshape(frames.shape[1:]).astype(np.float64),
+        "sum": total,
+        "finite": bool(np.isfinite(total).all()),
         "sumsq": (weight @ np.square(flat)).reshape(frames.shape[1:]).astype(np.float64),
         "weight": float(weight.sum()),
     }

@@ -12,8 +12,9 @@ and its real FFT is ~10 % faster here.
 
 from __future__ import annotations
 
+import dataclasses
 from functools import lru_cache
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -85,6 +86,41 @@ def mel_filterbank(cfg: FeatureConfig) -> np.ndarray:
     weights = np.maximum(0.0, np.minimum(lower, upper))
     weights *= (2.0 / (hz_points[2:] - hz_points[:-2]))[:, None]  # Slaney: constant energy per band
     return np.ascontiguousarray(weights.T, dtype=np.float32)
+
+
+def check_feature_config(cfg: FeatureConfig) -> None:
+    """Refuse a configuration whose features would be meaningless, with one
+    :class:`~serprep.errors.SerprepError` line naming the option (before any work is done).
+
+    The mel bands must each receive at least one FFT bin: with too many bands for ``n_fft``
+    the upper ones are all-zero filters whose log is a constant, silently.
+    """
+    from .errors import SerprepError
+
+    if cfg.sample_rate <= 0 or cfg.hop_length <= 0 or cfg.win_length <= 0 or cfg.n_fft < cfg.win_length:
+        raise SerprepError(f"feature config: need positive sample rate, hop and window and n_fft >= win_length ({cfg})")
+    if cfg.n_mels < 1:
+        raise SerprepError(f"--n-mels {cfg.n_mels}: needs at least 1 mel band")
+    nyquist = cfg.sample_rate / 2.0
+    fmax = nyquist if cfg.fmax is None else float(cfg.fmax)
+    if not 0.0 <= cfg.fmin < fmax <= nyquist:
+        raise SerprepError(f"feature config: need 0 <= fmin < fmax <= {nyquist:g} Hz (fmin {cfg.fmin}, fmax {cfg.fmax})")
+    if cfg.delta_width < 3 or cfg.delta_width % 2 == 0 or cfg.log_offset <= 0:
+        raise SerprepError(f"feature config: delta width must be odd and >= 3 and log offset positive ({cfg})")
+    empty = _empty_bands(cfg)
+    if empty:
+        lo, hi = 1, cfg.n_mels  # the largest band count without an empty band (fewer bands, wider filters)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if not _empty_bands(dataclasses.replace(cfg, n_mels=mid)) else (lo, mid - 1)
+        raise SerprepError(
+            f"--n-mels {cfg.n_mels}: with n_fft {cfg.n_fft} at {cfg.sample_rate} Hz, {empty} of the bands would get "
+            f"no FFT bin (empty filters, constant features); use at most {lo}"
+        )
+
+
+def _empty_bands(cfg: FeatureConfig) -> int:
+    return int(np.sum(~np.any(mel_filterbank(cfg) > 0, axis=0)))
 
 
 def _mel_blocks(weights: np.ndarray, interleaved: bool) -> list[tuple[int, int, int, int, np.ndarray]]:

@@ -40,6 +40,8 @@ class CorpusSpec:
     default_classes: str
     default_subset: str
     default_folds: str
+    #: Every label code the corpus documents; anything else is reported as a warning.
+    codes: tuple[str, ...] = ()
 
     def class_map(self, name: str) -> dict[str, str]:
         if name not in self.classes:
@@ -89,9 +91,14 @@ def load_spec(corpus: str) -> CorpusSpec:
             default_classes=data["default_classes"],
             default_subset=data["default_subset"],
             default_folds=data["default_folds"],
+            codes=tuple(str(c) for c in data["codes"]),
         )
     except KeyError as exc:
         raise SerprepError(f"{path}: missing key {exc.args[0]!r}") from None
+    for name, entry in spec.classes.items():
+        unknown = sorted(set(entry["map"]) - set(spec.codes))
+        if unknown:
+            raise SerprepError(f"{path}: class set {name!r} maps codes {unknown} that are not in `codes`")
     for scheme, entry in spec.folds.items():
         for i, fold in enumerate(entry["folds"], start=1):
             overlap = set(fold["test"]) & set(fold.get("validation", ()))

@@ -87,7 +87,12 @@ _DIGEST_BLOCK_BYTES = 16 * 1024 * 1024
 #: Suffix of a checksum-table key that names an object's attributes rather than a dataset.
 ATTRS_KEY = "@attrs"
 
-SEGMENT_COLUMNS = ("item", "utt", "copy", "offset", "valid", "dense", "emotion", "gender", "speaker")
+#: The segment table's columns and their on-disk dtypes.
+SEGMENT_DTYPES = {
+    "item": np.int64, "utt": np.int64, "copy": np.int32, "offset": np.int64, "valid": np.int32,
+    "dense": np.uint8, "emotion": np.int16, "gender": np.int16, "speaker": np.int32,
+}
+SEGMENT_COLUMNS = tuple(SEGMENT_DTYPES)
 ITEM_COLUMNS = ("utt", "copy", "frame_start", "n_frames", "augmentation")
 FAILURE_COLUMNS = ("utt_id", "path", "error")
 WARNING_COLUMNS = ("utt_id", "path", "message")
@@ -378,6 +383,33 @@ class StoreWriter:
         for key, value in attrs.items():
             ds.attrs[key] = value
         self._check_sink()
+
+    def write_segments(self, columns: dict[str, np.ndarray]) -> None:
+        """The segment table: exactly :data:`SEGMENT_COLUMNS`, in their on-disk dtypes."""
+        if set(columns) != set(SEGMENT_COLUMNS):
+            raise StoreError(f"segment table columns {sorted(columns)} differ from {list(SEGMENT_COLUMNS)}")
+        self.write_table("segments", {k: np.asarray(columns[k], dtype=SEGMENT_DTYPES[k]) for k in SEGMENT_COLUMNS})
+
+    def write_fold(self, fold: "Fold") -> None:
+        """One fold as :meth:`StoreReader.fold` returns it; refuses non-finite statistics."""
+        for name in ("norm_mean", "norm_std"):
+            if not np.all(np.isfinite(getattr(fold, name))):
+                raise StoreError(f"fold {fold.scheme}/{fold.fold}: normalisation statistics ({name}) are not finite")
+        group = f"folds/{fold.scheme}/{fold.fold}"
+        for name in FOLD_ARRAYS:
+            value = getattr(fold, name)
+            self.write_array(f"{group}/{name}", value.astype(np.float32) if name.startswith("norm_") else value)
+        self.set_group_attrs(
+            group,
+            train_speakers=json.dumps(list(fold.train_speakers)),
+            validation_speakers=json.dumps(list(fold.validation_speakers)),
+            test_speakers=json.dumps(list(fold.test_speakers)),
+            counts=json.dumps(fold.counts, sort_keys=True),
+        )
+
+    def write_rows(self, group: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+        """A string table (``/failures``, ``/warnings``) from rows, empty columns included."""
+        self.write_table(group, {name: np.array([r[k] for r in rows], dtype=object) for k, name in enumerate(columns)})
 
     def set_group_attrs(self, group: str, **attrs: Any) -> None:
         g = self._file.require_group(group)

@@ -94,7 +94,8 @@ def test_build_errors_are_one_line(iemocap_root, cli_store, tmp_path):
     run = CliRunner().invoke
     _one_line_error(run(main, ["build", "iemocap", "--root", str(tmp_path / "nope"), "--out", str(tmp_path / "x.h5")]),
                     "corpus root is not a directory")
-    _one_line_error(run(main, ["build", "iemocap", "--root", str(tmp_path), "--out", str(tmp_path / "x.h5")]),
+    (tmp_path / "empty").mkdir()
+    _one_line_error(run(main, ["build", "iemocap", "--root", str(tmp_path / "empty"), "--out", str(tmp_path / "x.h5")]),
                     "not an IEMOCAP root", "expected IEMOCAP_full_release layout")
     _one_line_error(run(main, ["build", "iemocap", "--root", str(root), "--out", str(out)]), "already exists", "--overwrite")
     _one_line_error(run(main, ["build", "iemocap", "--root", str(root), "--out", str(tmp_path / "x.h5"), "--classes", "7class"]),

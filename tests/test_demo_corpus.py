@@ -254,7 +254,7 @@ def test_iemocap_reader_reads_it_unchanged(corpus: tuple[Path, dict]) -> None:
     from serprep.corpora.iemocap import read_corpus
 
     root, summary = corpus
-    utts = read_corpus(root)
+    utts = read_corpus(root).utterances
     assert len(utts) == summary["n_utterances"]
     assert Counter(u.speaker for u in utts) == Counter(summary["speakers"])
     assert Counter(u.emotion_raw for u in utts) == Counter(summary["emotions"])

@@ -14,7 +14,7 @@ from serprep.errors import CorpusLayoutError
 
 def test_iemocap_every_summary_line_and_nothing_else(iemocap_root):
     root, truth = iemocap_root
-    utts = read_corpus("iemocap", root)
+    utts = read_corpus("iemocap", root).utterances
     assert sorted(u.utt_id for u in utts) == sorted(t["utt_id"] for t in truth)
     by_id = {u.utt_id: u for u in utts}
     for t in truth:
@@ -31,7 +31,7 @@ def test_iemocap_every_summary_line_and_nothing_else(iemocap_root):
 
 def test_iemocap_speaker_is_the_speaking_actor_not_the_dialog_prefix(iemocap_root):
     root, _ = iemocap_root
-    utts = read_corpus("iemocap", root)
+    utts = read_corpus("iemocap", root).utterances
     assert len({u.speaker for u in utts}) == 10
     mismatched = [u for u in utts if u.utt_id[5] != u.gender]
     assert mismatched, "fixture should contain turns whose speaker differs from the dialog prefix"
@@ -62,19 +62,23 @@ def test_iemocap_wrong_folder_says_what_was_expected(tmp_path, iemocap_root):
         read_corpus("iemocap", root.parent)
 
 
-def test_iemocap_malformed_summary_line_names_file_and_line(tmp_path, iemocap_root):
+def test_iemocap_malformed_summary_line_is_skipped_and_named_with_file_and_line(tmp_path, iemocap_root):
     root, _ = iemocap_root
     copy = tmp_path / "IEMOCAP_full_release"
     shutil.copytree(root / "Session1" / "dialog" / "EmoEvaluation", copy / "Session1" / "dialog" / "EmoEvaluation")
     label = sorted(p for p in (copy / "Session1/dialog/EmoEvaluation").glob("Ses*.txt"))[0]
-    label.write_text(label.read_text() + "[1.0 - x]\tSes01F_impro01_F999\tneu\n")
-    with pytest.raises(CorpusLayoutError, match=rf"{label.name}:\d+: malformed summary line"):
-        read_corpus("iemocap", copy)
+    lines = label.read_text().splitlines()
+    label.write_text("\n".join(lines + ["[1.0 - x]\tSes01F_impro01_F999\tneu"]) + "\n")
+    listing = read_corpus("iemocap", copy)
+    (issue,) = listing.issues
+    assert issue.where == f"Session1/dialog/EmoEvaluation/{label.name}:{len(lines) + 1}"
+    assert issue.message.startswith("malformed summary line") and issue.utt_id == "Ses01F_impro01_F999"
+    assert issue.skipped and "Ses01F_impro01_F999" not in {u.utt_id for u in listing.utterances}
 
 
 def test_msp_improv_reader(msp_root):
     root, truth = msp_root
-    utts = read_corpus("msp-improv", root)
+    utts = read_corpus("msp-improv", root).utterances
     assert sorted(u.utt_id for u in utts) == sorted(t["utt_id"] for t in truth)
     by_id = {u.utt_id: u for u in utts}
     for t in truth:
@@ -91,7 +95,7 @@ def test_msp_improv_reader(msp_root):
 
 def test_msp_improv_layout_variants(msp_root_variant):
     root, truth = msp_root_variant
-    utts = read_corpus("msp-improv", root)
+    utts = read_corpus("msp-improv", root).utterances
     assert sorted((u.utt_id, u.path) for u in utts) == sorted((t["utt_id"], t["path"]) for t in truth)
 
 

@@ -1,7 +1,10 @@
-"""Corpus readers: one module per corpus, each exposing ``read_corpus(root) -> list[Utterance]``.
+"""Corpus readers: one module per corpus, each exposing ``read_corpus(root) -> CorpusListing``.
 
-Readers only parse the on-disk layout (../shared/corpora.md); they never decode audio. Class
-maps, subsets and folds are data in ``manifests/`` (see :mod:`serprep.labels`).
+Readers only parse the on-disk layout (docs/corpora.md); they never decode audio. Class
+maps, subsets and folds are data in ``manifests/`` (see :mod:`serprep.labels`). A label line
+a reader cannot use does not end the build: it becomes a :class:`LabelIssue` (the utterance
+is skipped and recorded), and doubtful but usable lines become warnings. Layout errors (no
+corpus at the root, a missing label folder, an utterance labelled twice) stay fatal.
 """
 
 from __future__ import annotations
@@ -28,7 +31,25 @@ class Utterance:
     extras: dict[str, object] = field(default_factory=dict)
 
 
-def _readers() -> dict[str, Callable[[Path], list[Utterance]]]:
+@dataclass
+class LabelIssue:
+    """A label line the reader skipped (``skipped``) or used with a warning."""
+
+    where: str  # label file relative to the corpus root, with ":<line>"
+    message: str
+    utt_id: str = ""
+    skipped: bool = True
+
+
+@dataclass
+class CorpusListing:
+    """What a reader found: the usable utterances and the label lines it had to question."""
+
+    utterances: list[Utterance]
+    issues: list[LabelIssue] = field(default_factory=list)
+
+
+def _readers() -> dict[str, Callable[[Path], CorpusListing]]:
     from . import iemocap, msp_improv
 
     return {"iemocap": iemocap.read_corpus, "msp-improv": msp_improv.read_corpus}
@@ -37,7 +58,7 @@ def _readers() -> dict[str, Callable[[Path], list[Utterance]]]:
 CORPORA = ("iemocap", "msp-improv")
 
 
-def read_corpus(corpus: str, root: str | Path) -> list[Utterance]:
+def read_corpus(corpus: str, root: str | Path) -> CorpusListing:
     """Read ``root`` with the reader registered for ``corpus``."""
     readers = _readers()
     if corpus not in readers:

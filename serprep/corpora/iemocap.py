@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from ..errors import CorpusLayoutError
-from . import Utterance, describe_folder
+from . import CorpusListing, LabelIssue, Utterance, describe_folder
 
 CORPUS = "iemocap"
 EXPECTED = "IEMOCAP_full_release layout: Session1..Session5/dialog/EmoEvaluation/<dialog>.txt and Session*/sentences/wav/<dialog>/<utterance>.wav"
@@ -30,8 +30,13 @@ _TURN = re.compile(r"^[FM]\d{3}$")
 _TRANSCRIPT = re.compile(r"^(?P<utt>\S+)\s+\[[^\]]*\]:\s?(?P<text>.*)$")
 
 
-def read_corpus(root: Path) -> list[Utterance]:
-    """Every utterance named by a consensus summary line under ``root``."""
+def read_corpus(root: Path) -> CorpusListing:
+    """Every utterance named by a consensus summary line under ``root``.
+
+    A summary line that does not parse (or names no IEMOCAP utterance, or one of another
+    session) is skipped and listed as an issue; a line whose end time precedes its start
+    time is kept with a warning.
+    """
     sessions = sorted(
         (int(m.group(1)), p)
         for p in root.iterdir()
@@ -45,6 +50,7 @@ def read_corpus(root: Path) -> list[Utterance]:
             f"{root}: not an IEMOCAP root{hint}; expected {EXPECTED}; found {describe_folder(root)}"
         )
     utterances: list[Utterance] = []
+    issues: list[LabelIssue] = []
     seen: dict[str, Path] = {}
     for number, session_dir in sessions:
         label_dir = session_dir / "dialog" / "EmoEvaluation"
@@ -57,7 +63,7 @@ def read_corpus(root: Path) -> list[Utterance]:
             p for p in label_dir.iterdir() if p.is_file() and p.suffix == ".txt" and not p.name.startswith(".")
         )
         for label_file in label_files:
-            for utt in _parse_label_file(label_file, root, number):
+            for utt in _parse_label_file(label_file, root, number, issues):
                 if utt.utt_id in seen:
                     raise CorpusLayoutError(
                         f"{label_file}: utterance {utt.utt_id} is also labelled in {seen[utt.utt_id]}"
@@ -67,7 +73,7 @@ def read_corpus(root: Path) -> list[Utterance]:
                 utterances.append(utt)
     if not utterances:
         raise CorpusLayoutError(f"{root}: no summary lines found in Session*/dialog/EmoEvaluation/*.txt; expected {EXPECTED}")
-    return utterances
+    return CorpusListing(utterances, issues)
 
 
 def parse_utterance_id(utt_id: str) -> tuple[str, str, str]:
@@ -81,27 +87,37 @@ def parse_utterance_id(utt_id: str) -> tuple[str, str, str]:
     return dialog, utt_id[:5], turn[0]
 
 
-def _parse_label_file(path: Path, root: Path, session_number: int) -> list[Utterance]:
+def _parse_label_file(path: Path, root: Path, session_number: int, issues: list[LabelIssue]) -> list[Utterance]:
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise CorpusLayoutError(f"{path}: cannot read label file ({exc.strerror})") from None
+    rel = path.relative_to(root).as_posix()
     out = []
     for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.startswith("["):
             continue  # header, evaluator lines (C-*, A-*), blank lines
+        where = f"{rel}:{line_no}"
         m = _SUMMARY.match(line.rstrip("\r"))
         if not m:
-            raise CorpusLayoutError(f"{path}:{line_no}: malformed summary line {line.strip()!r}")
+            tokens = line.split()
+            guess = next((t for t in tokens if re.match(r"^Ses\d{2}[FM]_\S+_[FM]\d{3}$", t)), "")
+            issues.append(LabelIssue(where, f"malformed summary line {line.strip()!r}", guess))
+            continue
         utt_id = m["utt"]
         try:
             dialog, session, gender = parse_utterance_id(utt_id)
         except ValueError as exc:
-            raise CorpusLayoutError(f"{path}:{line_no}: {exc}") from None
+            issues.append(LabelIssue(where, str(exc)))
+            continue
         if session != f"Ses{session_number:02d}":
-            raise CorpusLayoutError(f"{path}:{line_no}: utterance {utt_id} found under Session{session_number}")
+            issues.append(LabelIssue(where, f"utterance {utt_id} found under Session{session_number}", utt_id))
+            continue
+        if float(m["end"]) < float(m["start"]):
+            issues.append(LabelIssue(where, f"utterance {utt_id} ends before it starts "
+                                            f"([{m['start']} - {m['end']}])", utt_id, skipped=False))
         vad = _parse_vad(m["vad"])
-        rel = f"Session{session_number}/sentences/wav/{dialog}/{utt_id}.wav"
+        wav = f"Session{session_number}/sentences/wav/{dialog}/{utt_id}.wav"
         out.append(
             Utterance(
                 utt_id=utt_id,
@@ -110,7 +126,7 @@ def _parse_label_file(path: Path, root: Path, session_number: int) -> list[Utter
                 speaker=session + gender,
                 gender=gender,
                 emotion_raw=m["code"],
-                path=rel,
+                path=wav,
                 duration=None,
                 extras={
                     "dialog": dialog,

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from ..errors import CorpusLayoutError
-from . import Utterance, describe_folder
+from . import CorpusListing, LabelIssue, Utterance, describe_folder
 
 CORPUS = "msp-improv"
 EVALUATION_NAMES = ("Evaluation.txt", "Evalution.txt")
@@ -31,8 +31,12 @@ _STEM = re.compile(
 _SCORE = re.compile(r"([AVDN])\s*:\s*([^;\s]+)")
 
 
-def read_corpus(root: Path) -> list[Utterance]:
-    """Every utterance named by a consensus line of the evaluation file."""
+def read_corpus(root: Path) -> CorpusListing:
+    """Every utterance named by a consensus line of the evaluation file.
+
+    A consensus line that does not parse, or names a file stem of another shape, is skipped
+    and listed as an issue.
+    """
     evaluation = next((root / n for n in EVALUATION_NAMES if (root / n).is_file()), None)
     if evaluation is None:
         raise CorpusLayoutError(f"{root}: not an MSP-IMPROV root; expected {EXPECTED}; found {describe_folder(root)}")
@@ -43,19 +47,25 @@ def read_corpus(root: Path) -> list[Utterance]:
         )
     rel_base = "" if audio_base == root else "Audio/"
     utterances: list[Utterance] = []
+    issues: list[LabelIssue] = []
     seen: set[str] = set()
     text = evaluation.read_text(encoding="utf-8", errors="replace")
     for line_no, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line.startswith("UTD-IMPROV-"):
             continue  # rater lines, blank separators
+        where = f"{evaluation.name}:{line_no}"
         m = _CONSENSUS.match(line)
         if not m:
-            raise CorpusLayoutError(f"{evaluation}:{line_no}: malformed consensus line {line!r}")
+            stem = line.split(";", 1)[0].strip()
+            guess = f"MSP-IMPROV-{stem[len('UTD-IMPROV-'):-len('.avi')]}" if stem.endswith(".avi") else ""
+            issues.append(LabelIssue(where, f"malformed consensus line {line!r}", guess))
+            continue
         stem = m["stem"]
         s = _STEM.match(stem)
         if not s:
-            raise CorpusLayoutError(f"{evaluation}:{line_no}: unrecognised file stem {stem!r}")
+            issues.append(LabelIssue(where, f"unrecognised file stem {stem!r}"))
+            continue
         utt_id = f"MSP-IMPROV-{stem}"
         if utt_id in seen:
             raise CorpusLayoutError(f"{evaluation}:{line_no}: {utt_id} labelled twice")
@@ -86,7 +96,7 @@ def read_corpus(root: Path) -> list[Utterance]:
         )
     if not utterances:
         raise CorpusLayoutError(f"{evaluation}: no consensus lines (UTD-IMPROV-...avi; <code>; ...) found")
-    return utterances
+    return CorpusListing(utterances, issues)
 
 
 def _to_float(text: str) -> float:
