@@ -293,29 +293,54 @@ def evaluate(checkpoint: Path, store: Path, fold: int | None, scheme: str | None
 
 
 @main.command()
-@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+# dir_okay: load_checkpoint refuses a directory in one `error:` line.
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+# Files are checked one by one when their turn comes (a missing file or a directory is that
+# file's error line), so click must not reject the whole list for one of them.
+@click.argument("files", nargs=-1, required=True, type=click.Path(readable=False, path_type=Path))
 @click.option("--aggregate", type=click.Choice(["mean", "max"]), default=None,
               help="Combine segment posteriors by mean or max (default: the checkpoint's config).")
+@click.option("--min-duration", type=float, default=0.5, show_default=True, metavar="SECONDS",
+              help="Shorter files fail instead of getting a label. IEMOCAP's shortest utterances "
+                   "last about 0.6 s; a file of a few milliseconds must not get a confident label. "
+                   "0 accepts any file long enough for one feature frame.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of text.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON list, an entry per file in input order ({file, error} for a failed one).")
 @_handle_errors
-def predict(checkpoint: Path, files: tuple[Path, ...], aggregate: str | None, device: str, as_json: bool) -> None:
+def predict(checkpoint: Path, files: tuple[Path, ...], aggregate: str | None, min_duration: float, device: str,
+            as_json: bool) -> None:
     """Print emotion class probabilities for audio FILES.
 
     Features are computed with the feature configuration recorded in the checkpoint and
     normalised with its fold statistics; long files are cut into the store's windows and the
-    window posteriors are combined (with max, the maxima are rescaled to sum to 1).
-    """
-    from .predict import predict_files
+    window posteriors are combined (with max, the maxima are rescaled to sum to 1). Files are
+    read as a stream, so memory does not grow with their length.
 
-    results = predict_files(checkpoint, files, device=device, aggregate_how=aggregate)
+    A file that cannot be classified (missing, undecodable, too short, non-finite features
+    or posteriors) gets one line "error: FILE: REASON" on stderr and the others are still
+    scored; the exit status is then 1. A bad checkpoint stops the command (exit 2).
+    """
+    from .predict import FailedFile, Predictor
+
+    predictor = Predictor(checkpoint, device, aggregate, min_duration=min_duration)
+    outcomes = []
+    for outcome in predictor.predict_each(files):  # text results are printed as each file is done
+        outcomes.append(outcome)
+        if isinstance(outcome, FailedFile):
+            click.echo(f"error: {outcome.message()}", err=True)
+            continue
+        for warning in outcome.warnings:
+            click.echo(f"warning: {outcome.path}: {warning}", err=True)
+        if not as_json:
+            probs = "  ".join(f"{c} {p:.3f}" for c, p in outcome.probabilities.items())
+            click.echo(f"{outcome.path}: {outcome.label}  ({probs})  "
+                       f"[{outcome.n_segments} segment(s), {outcome.duration:.2f} s]")
     if as_json:
-        click.echo(json.dumps([r.to_dict() for r in results], indent=2))
-        return
-    for r in results:
-        probs = "  ".join(f"{c} {p:.3f}" for c, p in r.probabilities.items())
-        click.echo(f"{r.path}: {r.label}  ({probs})  [{r.n_segments} segment(s), {r.duration:.2f} s]")
+        # allow_nan=False: strict JSON; a non-finite number is a failed file, never NaN here.
+        click.echo(json.dumps([o.to_dict() for o in outcomes], indent=2, allow_nan=False))
+    if any(isinstance(o, FailedFile) for o in outcomes):
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

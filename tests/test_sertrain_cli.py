@@ -138,7 +138,8 @@ def test_errors_are_one_line(store, trained, tmp_path, tmp_path_factory):
     assert_one_line_error(run("train", tmp_path / "missing.h5", "--fold", "1", "--out", tmp_path / "d", *FAST),
                           2, "missing.h5: store not found")
     assert_one_line_error(run("evaluate", tmp_path / "none.pt", store), 2, "checkpoint not found")
-    assert_one_line_error(run("predict", out / "best.pt", tmp_path / "nope.wav"), 2, "no such audio file")
+    # A bad input file is that file's error line; exit 1 (the command ran and reported it).
+    assert_one_line_error(run("predict", out / "best.pt", tmp_path / "nope.wav"), 1, "nope.wav: no such audio file")
     assert_one_line_error(run("evaluate", out / "best.pt", mels64_store(base)), 2,
                           "n_mels 64 but the model was built for 40")
     assert_one_line_error(run("train", store, "--fold", "1", "--out", tmp_path / "e", *FAST, "--set", "train.nope=1"),
