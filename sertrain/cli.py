@@ -68,7 +68,9 @@ def _config_options(func: Callable) -> Callable:
         click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
         click.option("--resume", is_flag=True,
                      help="Continue an interrupted run from OUT/last.pt (optimizer, epoch, best metric, RNG); "
-                          "finished folds are only re-tested."),
+                          "finished folds are only re-tested. Only the same store, fold, scheme and config "
+                          "are continued: --epochs, --patience, --lr, --num-workers and train.eval_batch_size "
+                          "may change, any other differing value is refused."),
         click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)."),
         _VERIFY_OPTION,
         click.option("--quiet", "-q", is_flag=True, help="Only print the results, not every epoch."),
@@ -140,6 +142,16 @@ def _resolve(kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any], Any]:
         key, value = item.split("=", 1)
         overrides[key.strip()] = parse_value(value.strip())
     cfg = load_config(kwargs["config_name"] or default_config_name(device.type))
+    if kwargs.get("resume") and kwargs["config_name"]:
+        # On --resume the run's own config is used; an explicit --config is a request like
+        # any option, so its values go with the overrides to be compared with the run's
+        # (train_fold refuses any that differ). Its adjustable values (epochs, lr ...) are
+        # left out: only options given explicitly change those.
+        from .train import RESUME_ADJUSTABLE
+
+        preset = {f"{section}.{key}": value for section, values in cfg.to_dict().items()
+                  if isinstance(values, dict) for key, value in values.items()}
+        overrides = {**{k: v for k, v in preset.items() if k not in RESUME_ADJUSTABLE}, **overrides}
     cfg = apply_overrides(cfg, overrides)
     return cfg, overrides, device
 
@@ -185,7 +197,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("store", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("store", type=click.Path(path_type=Path))  # a directory: one error line, from the reader
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder (fold_<k>/ per fold; <aux>/fold_<k>/ for an --aux grid).")
 @click.option("--folds", "folds_text", metavar="LIST", default=None,
@@ -211,7 +223,7 @@ def cv(store: Path, out_dir: Path, folds_text: str | None, aux_text: str | None,
 
 
 @main.command()
-@click.argument("store", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("store", type=click.Path(path_type=Path))  # a directory: one error line, from the reader
 @click.option("--fold", type=int, required=True, help="Fold number (1..K of the scheme).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder: best.pt, last.pt, metrics.json, predictions.csv, plots.")
@@ -236,8 +248,10 @@ def train(store: Path, fold: int, out_dir: Path, aux: str | None, **kwargs: Any)
 
 
 @main.command()
-@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("store", type=click.Path(dir_okay=False, path_type=Path))
+# dir_okay: load_checkpoint refuses a directory in one `error:` line (click's own check prints
+# a usage block instead).
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("store", type=click.Path(path_type=Path))  # a directory: one error line, from the reader
 @click.option("--fold", type=int, default=None, help="Fold number (default: the checkpoint's fold).")
 @click.option("--scheme", default=None, help="Fold scheme (default: the checkpoint's).")
 @click.option("--split", type=click.Choice(["test", "validation"]), default="test", show_default=True,
@@ -275,8 +289,9 @@ def evaluate(checkpoint: Path, store: Path, fold: int | None, scheme: str | None
         click.echo(json.dumps(clean_json({**info, "metrics": m}), indent=2))
         return
     if not info["same_store"]:
-        click.echo("note: this store differs from the training store (fingerprint); using the checkpoint's "
-                   "normalisation statistics", err=True)
+        click.echo("note: this store differs from the training store ("
+                   + ("same corpus, another build" if info["same_corpus"] else "another corpus")
+                   + "); using the checkpoint's normalisation statistics", err=True)
     click.echo(f"{info['scheme']} fold {info['fold']} {split} [{', '.join(info['speakers'])}]: "
                f"{m['n']} utterances, aggregate {info['aggregate']}")
     click.echo(f"WA {pct(m['wa'])}  UA {pct(m['ua'])}  macro-F1 {pct(m['macro_f1'])}")

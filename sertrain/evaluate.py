@@ -227,11 +227,15 @@ def evaluate_checkpoint(
 
     Defaults come from the checkpoint (its scheme, fold and aggregation). Features are
     normalised with the checkpoint's own fold statistics. Refused with a one-line
-    :class:`InputError`: a store whose feature config the model was not built for, an
-    emotion class list that differs, and (same store) a fold whose test speakers the
-    checkpoint was trained on. Returns the evaluation and a dict describing what was run.
+    :class:`InputError`: a checkpoint that :func:`load_checkpoint` finds damaged or
+    inconsistent; a store whose feature config (n_mels, every feature parameter) or segment
+    config (window frames, hop) the model was not built for; an emotion class list that
+    differs; and, on the same corpus (fingerprint), a split whose speakers the checkpoint was
+    trained on. Another store (another build, or another corpus) is allowed:
+    ``info["same_store"]`` (same content id) and ``info["same_corpus"]`` say which. Returns
+    the evaluation and a dict describing what was run.
     """
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint, store_content_id
     from .data import SegmentBatchDataset, SegmentLabels, open_store, resolve_fold, speaker_map
     from .errors import InputError
     from .model import InputSpec, check_input_spec
@@ -251,12 +255,15 @@ def evaluate_checkpoint(
         scheme = scheme or ckpt.scheme
         k = int(fold if fold is not None else ckpt.fold)
         f = resolve_fold(reader, scheme, k, name)
-        same_store = reader.fingerprint == ckpt.store_fingerprint
+        # Speakers are a property of the corpus: a rebuilt store of the same corpus holds the
+        # same speakers, so the training-speaker check goes by fingerprint, not content.
+        same_corpus = reader.fingerprint == ckpt.store_fingerprint
+        same_store = store_content_id(reader, name) == ckpt.store_content_sha256
         if split not in ("test", "validation"):
             raise InputError(f"--split must be test or validation, got {split!r}")
         part_speakers = [str(s) for s in (f.test_speakers if split == "test" else f.validation_speakers)]
         seen = sorted(set(part_speakers) & set(ckpt.train_speakers))
-        if same_store and seen:
+        if same_corpus and seen:
             raise InputError(
                 f"{name}: {split} speakers {', '.join(seen)} of {scheme} fold {k} were training speakers of "
                 f"this checkpoint ({ckpt.scheme} fold {ckpt.fold}); the result would not be speaker independent"
@@ -276,6 +283,7 @@ def evaluate_checkpoint(
             "checkpoint": str(checkpoint),
             "store": name,
             "same_store": same_store,
+            "same_corpus": same_corpus,
             "scheme": scheme,
             "fold": k,
             "split": split,

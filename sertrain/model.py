@@ -39,6 +39,10 @@ class InputSpec:
     channels: int = 3
     #: The store's full FeatureConfig as canonical JSON (sorted keys) for exact comparison.
     feature_config_json: str = ""
+    #: Base hop between the store's windows (0 = unknown, not compared). The model does not
+    #: depend on it, but it decides how utterances are cut for validation, test and predict:
+    #: scoring windows cut with another hop is not the evaluation the model was selected by.
+    hop: int = 0
 
     @classmethod
     def from_reader(cls, reader: Any) -> "InputSpec":
@@ -48,6 +52,7 @@ class InputSpec:
             frames=int(reader.segment_config.frames),
             channels=3,
             feature_config_json=json.dumps(fc.to_dict(), sort_keys=True),
+            hop=int(reader.segment_config.hop),
         )
 
 
@@ -61,6 +66,11 @@ def check_input_spec(built_for: InputSpec, store: InputSpec, store_name: str) ->
         raise InputError(
             f"{store_name}: store has {store.frames}-frame segments but the model was built for "
             f"{built_for.frames}"
+        )
+    if built_for.hop and store.hop and built_for.hop != store.hop:
+        raise InputError(
+            f"{store_name}: segment config mismatch: hop is {store.hop} in the store but "
+            f"{built_for.hop} in the checkpoint"
         )
     if built_for.feature_config_json and store.feature_config_json:
         a = json.loads(built_for.feature_config_json)

@@ -8,6 +8,14 @@ Files of a fold run (``out_dir``): ``best.pt`` (best validation UA), ``last.pt``
 state, rewritten every epoch), ``config.json``, ``history.json``, ``metrics.json`` (test
 metrics plus validation of the best epoch), ``predictions.csv``, ``confusion.png``,
 ``curves.png``.
+
+Resume (``--resume``) continues exactly the run that ``out_dir/last.pt`` holds, or refuses
+with one line naming what differs: the fold or scheme, the store (its content id: a rebuilt
+store of the same corpus has other segments, folds and statistics), or a config value. Only
+the keys in :data:`RESUME_ADJUSTABLE` may change on resume; every other config value given
+explicitly (``--aux``, loss weights, model sizes, batch size, seed, steps per epoch, an
+explicit ``--config`` ...) must equal the run's. Before a run's ``best.pt`` is tested it is
+checked to be this run's (same fold, scheme, store and config).
 """
 
 from __future__ import annotations
@@ -25,7 +33,14 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import Checkpoint, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from .checkpoint import (
+    Checkpoint,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+    store_content_id,
+)
 from .config import Config, apply_overrides
 from .data import (
     BalancedBatchSampler,
@@ -44,6 +59,14 @@ from .report import comparison_table, fold_table, summarize
 from .runtime import Precision, resolve_device, resolve_precision, seed_everything
 
 Logger = Callable[[str], None]
+
+#: Config keys ``--resume`` may change. They decide how long training goes on, how patient
+#: early stopping is, the step size (an explicit ``--lr`` on resume has always won, e.g. to
+#: lower it after a divergence) and how data are read, none of which makes the model already
+#: trained something else. Every other key defines the model, the objective, the batches or
+#: the protocol: continuing with another value would give a model trained under neither
+#: config, so it is refused.
+RESUME_ADJUSTABLE = ("train.epochs", "train.patience", "train.lr", "train.num_workers", "train.eval_batch_size")
 
 
 def _quiet(_: str) -> None:
@@ -154,8 +177,12 @@ def train_fold(
     ``store`` is a path or an open :class:`serprep.store.StoreReader`. With ``resume`` and an
     existing ``out_dir/last.pt``, the run continues from it with the checkpoint's own config
     plus ``overrides`` (the values given explicitly on the command line, e.g. more epochs);
-    a finished run is only re-tested. Without ``resume`` an existing run is refused, so a
-    typo cannot overwrite results.
+    a finished run is only re-tested. ``cfg`` is then not used: what the caller asks for is
+    ``fold`` and ``overrides``, and a resume is refused (one-line :class:`InputError`, before
+    anything is written) when ``fold``, ``overrides["data.scheme"]``, the store's content id,
+    or any override outside :data:`RESUME_ADJUSTABLE` differs from the run's, or when
+    ``out_dir/best.pt`` is not this run's. Without ``resume`` an existing run is refused, so
+    a typo cannot overwrite results.
     """
     log = log or _quiet
     out = Path(out_dir)
@@ -163,7 +190,10 @@ def train_fold(
     resumed: Checkpoint | None = None
     if resume and last_path.exists():
         resumed = load_checkpoint(last_path)
-        cfg = apply_overrides(resumed.run_config(), overrides or {})
+        cfg = _resume_config(resumed, last_path, fold, overrides or {})
+        if (out / "best.pt").exists():  # refuse before anything is written, not after training
+            _check_best(load_checkpoint(out / "best.pt"), out / "best.pt", last_path,
+                        resumed.scheme, resumed.fold, resumed.store_content_sha256, cfg)
     elif last_path.exists():
         raise InputError(f"{out} already holds a run (last.pt): pass --resume to continue it, or another --out")
 
@@ -172,6 +202,82 @@ def train_fold(
         return _train_fold(handle, fold, cfg, out, resolve_device(device), resumed, log)
     finally:
         handle.close()
+
+
+def _flat(cfg: Config) -> dict[str, Any]:
+    """``{"model.lstm_hidden": 64, ...}``: a config's values by dotted key (name left out)."""
+    return {f"{section}.{key}": value for section, values in cfg.to_dict().items() if isinstance(values, dict)
+            for key, value in values.items()}
+
+
+def _config_difference(a: Config, b: Config) -> tuple[str, Any, Any, int] | None:
+    """(first key outside RESUME_ADJUSTABLE whose value differs, a's value, b's value, number
+    of such keys), or None when the two configs describe the same run."""
+    fa, fb = _flat(a), _flat(b)
+    keys = [k for k in fa if k not in RESUME_ADJUSTABLE and fa[k] != fb.get(k)]
+    return (keys[0], fa[keys[0]], fb.get(keys[0]), len(keys)) if keys else None
+
+
+def _resume_config(resumed: Checkpoint, last_path: Path, k: int, overrides: dict[str, Any]) -> Config:
+    """The config a resume runs with: ``last_path``'s own, with the explicit ``overrides``
+    that :data:`RESUME_ADJUSTABLE` allows. Another fold or scheme, or any other override
+    that differs from the run's value, is refused in one line naming it."""
+    scheme = str(overrides.get("data.scheme") or resumed.scheme)
+    if resumed.fold != k or scheme != resumed.scheme:
+        asked = f"fold {k}" if scheme == resumed.scheme else f"{scheme} fold {k}"
+        raise InputError(
+            f"{last_path} is {resumed.run_label}; this run asks for {asked} (use another --out for a new run)"
+        )
+    base = resumed.run_config()
+    cfg = apply_overrides(base, overrides)
+    diff = _config_difference(base, cfg)
+    if diff:
+        key, old, new, n = diff
+        more = f", and {n - 1} more key(s) differ" if n > 1 else ""
+        raise InputError(
+            f"{last_path} was trained with {key} = {old!r}; this run asks for {new!r}{more} (a resume keeps the "
+            f"run's config: only {', '.join(RESUME_ADJUSTABLE)} may change; use another --out for a new run)"
+        )
+    return cfg
+
+
+def _check_best(best: Checkpoint, best_path: Path, last_path: Path, scheme: str, k: int, content: str,
+                cfg: Config) -> None:
+    """Refuse to test a ``best.pt`` that is not this run's (copied in, or left by another run)."""
+    def refuse(what: str) -> InputError:
+        return InputError(f"{what}: it is not this run's best checkpoint (train again with another --out)")
+
+    if (best.scheme, best.fold) != (scheme, k):
+        raise refuse(f"{best_path} is {best.run_label} but {last_path} is {scheme} fold {k}")
+    if best.store_content_sha256 != content:
+        raise refuse(
+            f"{best_path} was trained on another store (content {best.store_content_sha256[:16]}) than "
+            f"{last_path} ({content[:16]})"
+        )
+    diff = _config_difference(best.run_config(), cfg)
+    if diff:
+        key, theirs, ours, _ = diff
+        raise refuse(f"{best_path} was trained with {key} = {theirs!r} but {last_path} with {ours!r}")
+
+
+def _check_resumed_store(resumed: Checkpoint, last_path: Path, reader: Any, name: str, content: str,
+                         spec: InputSpec, fold: Any) -> None:
+    """The store of a resume must be the very store ``last.pt`` was trained on."""
+    if resumed.store_content_sha256 != content:
+        raise InputError(
+            f"{name} is not the store this run was trained on (store content {content[:16]} vs "
+            f"{resumed.store_content_sha256[:16]} in {last_path}); resume with the same store"
+        )
+    # Same content makes the rest equal; these guard a last.pt whose fields disagree with
+    # the content id it claims (a crafted file), before its tensors meet this store's data.
+    check_input_spec(resumed.input_spec, spec, name)
+    for what, ours, theirs in (
+        ("emotion classes", list(reader.vocab("emotion")), resumed.emotion_classes),
+        ("gender classes", list(reader.vocab("gender")), resumed.gender_classes),
+        (f"training speakers of {resumed.run_label}", [str(s) for s in fold.train_speakers], resumed.train_speakers),
+    ):
+        if ours != theirs:
+            raise InputError(f"{name}: {what} {ours} differ from {last_path}'s {theirs}")
 
 
 def _train_fold(
@@ -186,14 +292,10 @@ def _train_fold(
     reader, name = handle.reader, handle.name
     t = cfg.train
     spec = InputSpec.from_reader(reader)
+    content = store_content_id(reader, name)
     fold = resolve_fold(reader, cfg.data.scheme, k, name)
     if resumed is not None:
-        if resumed.store_fingerprint != reader.fingerprint:
-            raise InputError(
-                f"{name}: store fingerprint {reader.fingerprint} differs from the interrupted run's "
-                f"({resumed.store_fingerprint}); resume with the same store"
-            )
-        check_input_spec(resumed.input_spec, spec, name)
+        _check_resumed_store(resumed, out / "last.pt", reader, name, content, spec, fold)
     emotion_classes = list(reader.vocab("emotion"))
     gender_classes = list(reader.vocab("gender"))
     train_speakers = [str(s) for s in fold.train_speakers]
@@ -212,13 +314,20 @@ def _train_fold(
 
     start_epoch, best_epoch, best_ua, best_loss, history = 0, 0, float("-inf"), float("inf"), []
     if resumed is not None:
-        model.load_state_dict(resumed.model_state)
-        if resumed.optimizer_state is not None:
-            optimizer.load_state_dict(resumed.optimizer_state)
-            for group in optimizer.param_groups:  # an explicit --lr on resume wins
-                group["lr"] = t.lr
-        if resumed.scaler_state:
-            scaler.load_state_dict(resumed.scaler_state)
+        model.load_state_dict(resumed.model_state)  # shapes checked by load_checkpoint
+        try:
+            if resumed.optimizer_state is not None:
+                optimizer.load_state_dict(resumed.optimizer_state)
+                for group in optimizer.param_groups:  # an explicit --lr on resume wins
+                    group["lr"] = t.lr
+            if resumed.scaler_state:
+                scaler.load_state_dict(resumed.scaler_state)
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise InputError(
+                f"{out / 'last.pt'}: invalid checkpoint: its optimizer state does not fit this run's "
+                f"{t.optimizer} optimizer ({first})"
+            ) from None
         start_epoch, best_epoch, best_ua = resumed.epoch, resumed.best_epoch, resumed.best_metric
         history = list(resumed.history)
         best_loss = next((h.get("val_loss") for h in history if h["epoch"] == best_epoch), None)
@@ -235,6 +344,7 @@ def _train_fold(
             feature_config_json=spec.feature_config_json,
             segment_config_json=json.dumps(reader.segment_config.to_dict(), sort_keys=True),
             store_fingerprint=str(reader.fingerprint),
+            store_content_sha256=content,
             store_corpus=str(reader.corpus),
             scheme=cfg.data.scheme,
             fold=k,
@@ -315,8 +425,11 @@ def _train_fold(
         save_checkpoint(checkpoint(history[-1]["epoch"] if history else epoch, True, True), out / "last.pt")
         (out / "history.json").write_text(json.dumps(clean_json(history), indent=2) + "\n")
 
-    # Test the best checkpoint (the protocol's model), not the last epoch.
+    # Test the best checkpoint (the protocol's model), not the last epoch; only if it is
+    # this run's (a best.pt copied in from another fold would give a fold's test speakers
+    # to a model that trained on them).
     best = load_checkpoint(out / "best.pt", map_location="cpu")
+    _check_best(best, out / "best.pt", out / "last.pt", cfg.data.scheme, k, content, cfg)
     model.load_state_dict(best.model_state)
     test_ev = evaluate_loader(
         model, evaluation_loader(dataset, fold.test_segments, t.eval_batch_size, t.num_workers),
@@ -333,6 +446,7 @@ def _train_fold(
         "config": cfg.name,
         "aux": cfg.loss.aux,
         "store_fingerprint": str(reader.fingerprint),
+        "store_content_sha256": content,
         "test_speakers": [str(s) for s in fold.test_speakers],
         "best_epoch": best.epoch,
         "epochs_run": len(history),
@@ -461,7 +575,9 @@ def run_cv(
         tables: dict[str, str] = {}
         for aux in settings:
             aux_cfg = apply_overrides(cfg, {"loss.aux": aux})
-            aux_over = {**(overrides or {}), "loss.aux": aux}
+            # The setting and scheme are what this cv asks of every fold (its folds and tables
+            # follow them), so a resume checks them even when they were not typed explicitly.
+            aux_over = {**(overrides or {}), "loss.aux": aux, "data.scheme": cfg.data.scheme}
             sub = out if len(settings) == 1 else out / aux
             runs = []
             for k in chosen:
