@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from serprep.config import FeatureConfig, SegmentConfig
-from sertrain.checkpoint import FORMAT_VERSION, Checkpoint, capture_rng_state, load_checkpoint
+from sertrain.checkpoint import FORMAT_VERSION, Checkpoint, capture_rng_state, load_checkpoint, payload_digest
 from sertrain.config import apply_overrides, load_config
 from sertrain.errors import InputError
 from sertrain.model import InputSpec, build_model
@@ -71,6 +71,10 @@ def valid_payload(resume_state: bool = False) -> dict[str, Any]:
 
 
 def save(payload: Any, path: Path) -> Path:
+    """Write ``payload`` as a file consistent with itself (checksum recomputed when it has the
+    format marker), so that the field checks, not the checksum, are what is tested."""
+    if isinstance(payload, dict) and payload.get("format") == "sertrain-checkpoint":
+        payload = {**payload, "content_sha256": payload_digest(payload)}
     torch.save(payload, path)
     return path
 
@@ -327,3 +331,44 @@ def test_store_without_content_id_is_refused():
 
     with pytest.raises(InputError, match="s.h5: the store records no content checksum"):
         store_content_id(OldReader(), "s.h5")
+
+
+# ---------------------------------------------------------------------------------------------
+# The checksum over the whole content
+# ---------------------------------------------------------------------------------------------
+def test_checksum_catches_what_the_field_checks_cannot(tmp_path):
+    payload = valid_payload(resume_state=True)
+    good = save(payload, tmp_path / "good.pt")
+    assert load_checkpoint(good).fold == 1
+    # A weight changed within its valid range, the shapes intact: only the checksum sees it.
+    edited = {**payload, "content_sha256": payload_digest(payload)}
+    name = next(iter(edited["model_state"]))
+    edited["model_state"] = {**edited["model_state"], name: edited["model_state"][name] + 1e-3}
+    torch.save(edited, tmp_path / "edited.pt")
+    refusal(tmp_path / "edited.pt", "damaged or modified checkpoint", "does not match its checksum")
+    unsigned = {k: v for k, v in payload.items()}
+    torch.save(unsigned, tmp_path / "unsigned.pt")
+    refusal(tmp_path / "unsigned.pt", "missing content_sha256")
+
+
+def test_any_flipped_byte_is_refused_or_harmless(tmp_path):
+    """Random single-byte flips anywhere in the file: refused in one line, or the content
+    loaded is exactly the original (flips in zip bookkeeping that torch ignores)."""
+    good = save(valid_payload(resume_state=True), tmp_path / "good.pt")
+    data = good.read_bytes()
+    original = payload_digest(torch.load(good, weights_only=True))
+    rng = np.random.default_rng(0)
+    refused = 0
+    for offset in rng.integers(0, len(data), 150):
+        flipped = bytearray(data)
+        flipped[offset] ^= 0x5A
+        path = tmp_path / "flipped.pt"
+        path.write_bytes(bytes(flipped))
+        try:
+            loaded = load_checkpoint(path)
+        except InputError as exc:
+            assert "\n" not in str(exc) and str(path) in str(exc)
+            refused += 1
+            continue
+        assert payload_digest(loaded.to_payload()) == original, f"offset {offset}: loaded other content"
+    assert refused > 120

@@ -17,6 +17,8 @@ from typing import Any, Callable
 import pytest
 import torch
 
+from sertrain.checkpoint import payload_digest
+
 from fault_helpers import assert_one_line_error, listing, run, tree_digest
 from sertrain_fixtures import learnable_store, store_base
 from store_fixtures import build
@@ -75,9 +77,12 @@ def copy_run(src: Path, dst: Path) -> Path:
 
 
 def craft(src: Path, dst: Path, edit: Callable[[dict[str, Any]], Any]) -> Path:
-    """A copy of checkpoint ``src`` with ``edit`` applied to its payload."""
+    """A copy of checkpoint ``src`` with ``edit`` applied to its payload, checksum recomputed:
+    a crafted file that is consistent with itself, so the field checks are what refuses it."""
     payload = torch.load(src, weights_only=True)
     edit(payload)
+    if isinstance(payload, dict) and "content_sha256" in payload:
+        payload["content_sha256"] = payload_digest(payload)
     torch.save(payload, dst)
     return dst
 
