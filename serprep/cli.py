@@ -16,7 +16,8 @@ CORPUS_NAMES = ("iemocap", "msp-improv")
 
 
 class _Group(click.Group):
-    """Turns :class:`SerprepError` and ``OSError`` into a one-line ``error:`` message, exit code 1."""
+    """Turns :class:`SerprepError` and ``OSError`` into a one-line ``error:`` message, exit code 1,
+    and Ctrl-C into ``error: interrupted ...``, exit code 130 (after the build cleaned up)."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -28,6 +29,9 @@ class _Group(click.Group):
             where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
             click.echo(f"error: {where}{exc.strerror or exc}", err=True)
             ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted; nothing written (a previous store at --out is unchanged)", err=True)
+            ctx.exit(130)
 
 
 @click.group(cls=_Group)

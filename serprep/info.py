@@ -50,6 +50,8 @@ def store_summary(path: str | Path) -> dict[str, Any]:
         },
         "frames": int(r.n_frames_total),
         "failures": r.failures().to_dict(orient="records"),
+        "warnings": r.warnings().to_dict(orient="records"),
+        "content_sha256": r.content_sha256,
         "folds": {},
     }
     for scheme in r.fold_schemes():
@@ -74,6 +76,7 @@ def format_summary(s: dict[str, Any]) -> str:
     lines = [
         f"{s['file']}: serprep store, schema {s['schema_version']}, {s['size_bytes'] / 2**20:.1f} MiB",
         f"  corpus        {s['corpus']} (fingerprint {s['corpus_fingerprint'][:16]}...)",
+        f"  content       {s['content_sha256'][:16]}... (identifies this store; checkpoints record it)",
         f"  created       {s['created']} with serprep {s['versions'].get('serprep')}, librosa {s['versions'].get('librosa')}, h5py {s['versions'].get('h5py')}",
         f"  labels        {b.get('classes')} / subset {b.get('subset')} (label manifest v{b.get('label_manifest_version')})",
         f"  features      log-Mel {fc['n_mels']} x 3 channels, {fc['sample_rate']} Hz, win {fc['win_length']} hop {fc['hop_length']} n_fft {fc['n_fft']}, pre-emphasis {fc['preemphasis']}",
@@ -86,8 +89,11 @@ def format_summary(s: dict[str, Any]) -> str:
         f"  segment rows  {seg['total']} ({seg['original']} original, {seg['dense']} dense-hop, {seg['augmented']} augmented); {s['frames']} frames",
     ]
     if s["failures"]:
-        lines.append(f"  skipped files {len(s['failures'])}:")
-        lines += [f"    {f['path']}: {f['error'].split(': ', 1)[-1]}" for f in s["failures"]]
+        lines.append(f"  skipped       {len(s['failures'])} (unreadable audio, or label lines that do not parse):")
+        lines += [f"    {f['path']}: {f['error'].split(': ', 1)[-1] if f['error'].startswith(f['path']) else f['error']}"
+                  for f in s["failures"]]
+    lines.append(f"  warnings      {len(s['warnings'])}" + (":" if s["warnings"] else ""))
+    lines += [f"    {w['path']}: {w['message']}" for w in s["warnings"]]
     for scheme, folds in s["folds"].items():
         classes = list(u["by_class"])
         lines.append(f"  folds {scheme} ({len(folds)}): training segments per class, before -> after balancing")

@@ -225,14 +225,7 @@ class GuardedFile:
             return self._f.tell() if size is None else size
 
     def flush(self) -> None:
-        pass  # unbuffered: nothing to flush; fsync is the caller's choice
-
-    def fsync(self) -> None:
-        if self.error is None:
-            try:
-                os.fsync(self._f.fileno())
-            except OSError as exc:
-                self.error = exc
+        pass  # unbuffered: nothing to flush
 
     def close(self) -> None:
         self._f.close()

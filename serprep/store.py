@@ -70,6 +70,7 @@ from .config import FeatureConfig, SegmentConfig
 if TYPE_CHECKING:  # pandas is imported on first use: the build's writer never needs it
     import pandas as pd
 
+from . import __version__
 from .checksum import ITEM_CHECKSUM, combine_item_digests, frames_digest
 from .errors import StoreError
 from .features import FEATURE_CHANNELS
@@ -438,7 +439,9 @@ class StoreWriter:
             f.attrs["checksums"] = json.dumps(checksums, sort_keys=True)
             f.attrs["attrs_sha256"] = root_digest(f.attrs)
             f.close()
-            self._sink.fsync()
+            # No fsync: it cost 0.18 s of a 2.3 s build (4-hour corpus). The rename is atomic
+            # for a killed process; after a power cut a store may be incomplete, and its
+            # checksums then say so on the next open.
             self._sink.close()
             self._check_sink()
             publish(self.tmp_path, self.path, self.overwrite)
@@ -698,7 +701,10 @@ class StoreReader:
         with self._reopen() as f:
             arrays = {name: self._verified(f, f"{group}/{name}") for name in FOLD_ARRAYS}
             attrs = f[group].attrs
-            if attrs_digest(attrs) != self._checksums.get(group + ATTRS_KEY):
+            expected = self._checksums.get(group + ATTRS_KEY)
+            if expected is None:
+                raise StoreError(f"{self.path}: damaged store: attributes of /{group} are not in the checksum table")
+            if attrs_digest(attrs) != expected:
                 raise StoreError(f"{self.path}: damaged or modified store: attributes of /{group} changed")
             meta = {k2: json.loads(_plain(v)) for k2, v in attrs.items()}
         for name in ("norm_mean", "norm_std"):
@@ -829,7 +835,7 @@ def _open_store(path: Path) -> Iterator[h5py.File]:
         if version != SCHEMA_VERSION:
             raise StoreError(
                 f"{path}: store schema version {version}, this serprep reads version {SCHEMA_VERSION} "
-                "(version 2 added checksums over every attribute); rebuild the store with this serprep"
+                f"(version 2 added checksums over every attribute); rebuild the store with this serprep ({__version__})"
             )
         try:
             yield f

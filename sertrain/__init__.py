@@ -12,4 +12,4 @@ Modules:
 - :mod:`sertrain.cli`        the ``sertrain`` command
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -200,12 +200,17 @@ def restore_rng_state(state: dict[str, Any] | None) -> None:
 
 
 def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> None:
-    """Write atomically (temp file + rename): an interrupt never leaves a torn ``last.pt``."""
+    """Write atomically (temp file + rename): an interrupt or a full disk never leaves a torn
+    ``last.pt``, and a failed write removes its temp file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt.to_payload(), tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(ckpt.to_payload(), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:

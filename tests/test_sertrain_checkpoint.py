@@ -372,3 +372,23 @@ def test_any_flipped_byte_is_refused_or_harmless(tmp_path):
             continue
         assert payload_digest(loaded.to_payload()) == original, f"offset {offset}: loaded other content"
     assert refused > 120
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_and_no_temp_file(tmp_path, monkeypatch):
+    import errno
+
+    from sertrain.checkpoint import save_checkpoint
+
+    good = save(valid_payload(), tmp_path / "last.pt")
+    before = good.read_bytes()
+    ckpt = load_checkpoint(good)
+
+    def full_disk(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device", str(f))
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError):
+        save_checkpoint(ckpt, good)
+    assert good.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]

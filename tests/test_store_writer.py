@@ -13,7 +13,7 @@ import pytest
 
 from serprep.config import FeatureConfig
 from serprep.errors import StoreError
-from serprep.store import CHUNK_FRAMES, StoreReader, StoreWriter, _plain, attrs_digest, dataset_digest, root_digest, verify
+from serprep.store import CHUNK_FRAMES, SEGMENT_DTYPES, StoreReader, StoreWriter, _plain, attrs_digest, dataset_digest, root_digest, verify
 
 
 def _minimal_tables(writer: StoreWriter, n_utts: int) -> None:
@@ -108,3 +108,36 @@ def test_schema_1_stores_are_refused_with_a_rebuild_hint(tmp_path):
     assert str(path) in problem and "schema version 1" in problem and "rebuild" in problem
     with pytest.raises(StoreError, match="schema version 1"):
         StoreReader(path)
+
+
+def test_fold_statistics_must_be_finite_to_be_written_and_read(tmp_path):
+    from serprep.store import Fold
+
+    def fold(mean):
+        ids = np.arange(2)
+        return Fold("loso", 1, ids, ids, ids, ids, ids, ids, ids, mean, np.ones((3, 40), np.float32),
+                    ["a"], ["b"], ["c"], {})
+
+    writer = StoreWriter(tmp_path / "s.h5", FeatureConfig())
+    writer.add_frames(0, 0, np.ones((5, 3, 40), np.float32))
+    writer.write_table("manifest", {"utt_id": ["u0"]})
+    writer.write_segments({k: np.zeros(1, dtype=t) for k, t in SEGMENT_DTYPES.items()})
+    writer.write_table("vocab", {"emotion": ["ang", "neu"]})
+    writer.set_attrs(segment_config='{"frames": 300, "hop": 150, "min_hop": 50}')
+    nan_mean = np.zeros((3, 40), np.float32)
+    nan_mean[1, 2] = np.nan
+    with pytest.raises(StoreError, match=r"fold loso/1: normalisation statistics \(norm_mean\) are not finite"):
+        writer.write_fold(fold(nan_mean))
+    # Written around write_fold (checksums intact): the reader refuses it when the fold is read.
+    good = fold(np.zeros((3, 40), np.float32))
+    writer.write_fold(Fold(**{**good.__dict__, "fold": 2}))
+    for name in ("train_utts", "validation_utts", "test_utts", "train_segments", "validation_segments",
+                 "test_segments", "balanced_index", "norm_std"):
+        writer.write_array(f"folds/loso/1/{name}", getattr(good, name))
+    writer.write_array("folds/loso/1/norm_mean", nan_mean)
+    writer.set_group_attrs("folds/loso/1", test_speakers='["c"]')
+    writer.finalize()
+    reader = StoreReader(tmp_path / "s.h5")
+    assert reader.fold("loso", 2).norm_mean.shape == (3, 40)
+    with pytest.raises(StoreError, match="fold loso/1 has non-finite normalisation statistics"):
+        reader.fold("loso", 1)

@@ -236,7 +236,8 @@ def test_killed_build_leaves_a_temp_that_the_next_build_removes(tmp_path):
         p.wait()
         stale = temp_files(tmp_path, out.name)
         assert len(stale) == 1
-        wait_for(lambda: not any(alive(w) for w in workers), timeout=15, what="the orphaned workers to exit")
+        # They poll for their parent every 0.5 s.
+        wait_for(lambda: not any(alive(w) for w in workers), timeout=3, what="the orphaned workers to exit")
     finally:
         fifo.release()
         if p.poll() is None:
@@ -247,6 +248,32 @@ def test_killed_build_leaves_a_temp_that_the_next_build_removes(tmp_path):
     assert ran.returncode == 0, ran.stderr
     assert f"removed stale temporary file {stale[0].name}" in ran.stderr
     assert listing(tmp_path) == ["corpus", "feats.h5"] and verify(out) == []
+
+
+def test_ctrl_c_removes_the_temp_and_keeps_the_previous_store(tmp_path):
+    root, truth = corpus(tmp_path)
+    fifo = FifoUtterance(root, labelled(truth, 2))
+    out = tmp_path / "feats.h5"
+    out.write_bytes(b"the previous store")
+    p = subprocess.Popen(command("serprep", *build_args(root, out, "--jobs", "2", "--overwrite")), env=cli_env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: temp_files(tmp_path, out.name), what="the temp file")
+        time.sleep(0.3)  # the worker thread is now blocked on the FIFO
+        p.send_signal(signal.SIGINT)
+        wait_for(lambda: not temp_files(tmp_path, out.name), what="the temp file to be removed")
+        fifo.feed()  # lets the running block finish: the build waits for it before exiting
+        _, stderr = p.communicate(timeout=120)
+    finally:
+        fifo.release()
+        if p.poll() is None:
+            p.kill()
+    errors = [l for l in stderr.splitlines() if l.startswith("error: ")]
+    assert p.returncode == 130 and errors == ["error: interrupted; nothing written (a previous store at --out "
+                                              "is unchanged)"], stderr
+    assert "Traceback" not in stderr
+    assert out.read_bytes() == b"the previous store"
+    assert listing(tmp_path) == ["corpus", "feats.h5"]
 
 
 def test_clean_tmp_removes_only_temps_of_dead_processes(tmp_path):
