@@ -37,6 +37,7 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_build.py
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_open.py
 
 train: setup
 ifeq ($(CORPUS),demo)

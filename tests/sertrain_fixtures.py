@@ -116,3 +116,18 @@ def store_base(tmp_path_factory) -> Path:
     base = tmp_path_factory.getbasetemp() / "sertrain_stores"
     base.mkdir(exist_ok=True)
     return base
+
+
+def short_run_checkpoint(base: Path) -> Path:
+    """``best.pt`` of one short epoch (4 steps) on fold 1 of the learnable store, trained once
+    per ``base``: a real checkpoint for tests of predict and checkpoint handling, whose
+    numbers need not be good."""
+    from sertrain.config import apply_overrides, load_config
+    from sertrain.train import train_fold
+
+    out = base / "short_run"
+    if not (out / "best.pt").exists():
+        cfg = apply_overrides(load_config("cpu-small"), {"train.num_workers": 0, "train.patience": 0,
+                                                         "train.epochs": 1, "train.steps_per_epoch": 4})
+        train_fold(learnable_store(base), 1, cfg, out, device="cpu")
+    return out / "best.pt"

@@ -28,13 +28,11 @@ from serprep.config import FeatureConfig, SegmentConfig
 from serprep.errors import AudioError
 from serprep.features import logmel_3ch, stream_frames
 from serprep.segments import cut
-from sertrain.config import apply_overrides, load_config
 from sertrain.data import normalize
 from sertrain.errors import InputError
 from sertrain.evaluate import aggregate
 from sertrain.predict import FailedFile, Predictor, plan_windows, predict_files
-from sertrain.train import train_fold
-from sertrain_fixtures import learnable_store, store_base
+from sertrain_fixtures import short_run_checkpoint, store_base
 
 FEATURE_ATOL = 1e-5
 POSTERIOR_ATOL = 1e-5
@@ -198,12 +196,7 @@ def test_long_file_windows_equal_whole_file_extraction(long_files, rate):
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    store = learnable_store(store_base(tmp_path_factory))
-    cfg = apply_overrides(load_config("cpu-small"), {"train.num_workers": 0, "train.patience": 0,
-                                                     "train.epochs": 1, "train.steps_per_epoch": 4})
-    out = tmp_path_factory.mktemp("predict_ckpt")
-    train_fold(store, 1, cfg, out, device="cpu")
-    return out / "best.pt"
+    return short_run_checkpoint(store_base(tmp_path_factory))
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ there, deterministically, until the test writes the audio into it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -75,6 +77,24 @@ class FifoUtterance:
         except OSError:
             return
         os.close(fd)
+
+
+@contextlib.contextmanager
+def build_blocked_on_fifo(root: Path, truth: list[dict], out: Path, *extra: object,
+                          stdout=subprocess.PIPE) -> Iterator[tuple[subprocess.Popen, FifoUtterance]]:
+    """A build started in the background that is blocked reading one utterance from a FIFO,
+    its temp file already written; killed on the way out if it is still running."""
+    fifo = FifoUtterance(root, labelled(truth, 2))
+    p = subprocess.Popen(command("serprep", *build_args(root, out, *extra)), env=cli_env(),
+                         stdout=stdout, stderr=stdout, text=True)
+    try:
+        wait_for(lambda: temp_files(out.parent, out.name), what="the build's temp file")
+        yield p, fifo
+    finally:
+        fifo.release()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
 
 
 def wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> None:
@@ -173,22 +193,14 @@ def test_out_equal_to_the_augmentation_preset_is_refused(tmp_path):
 # ---------------------------------------------------------------------------------------------
 def test_second_build_to_a_locked_path_fails_at_once_naming_the_holder(tmp_path):
     root, truth = corpus(tmp_path)
-    fifo = FifoUtterance(root, labelled(truth, 2))
     out = tmp_path / "feats.h5"
-    first = subprocess.Popen(command("serprep", *build_args(root, out, "--jobs", "1")), env=cli_env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: temp_files(tmp_path, out.name), what="the first build's temp file")
+    with build_blocked_on_fifo(root, truth, out, "--jobs", "1") as (first, fifo):
         t0 = time.monotonic()
         second = run("serprep", *build_args(root, out, "--overwrite"), timeout=60)  # blocks on the FIFO if unlocked
         assert time.monotonic() - t0 < 30
         assert_one_line_error(second, str(out), "another serprep build", f"PID {first.pid}")
         fifo.feed()
         stdout, stderr = first.communicate(timeout=120)
-    finally:
-        fifo.release()
-        if first.poll() is None:
-            first.kill()
     assert first.returncode == 0, stderr
     assert f"wrote {out}" in stdout and verify(out) == []
     assert listing(tmp_path) == ["corpus", "feats.h5"]
@@ -196,19 +208,11 @@ def test_second_build_to_a_locked_path_fails_at_once_naming_the_holder(tmp_path)
 
 def test_a_file_that_appears_during_the_build_is_not_replaced(tmp_path):
     root, truth = corpus(tmp_path)
-    fifo = FifoUtterance(root, labelled(truth, 2))
     out = tmp_path / "feats.h5"
-    p = subprocess.Popen(command("serprep", *build_args(root, out, "--jobs", "1")), env=cli_env(),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: temp_files(tmp_path, out.name), what="the temp file")
+    with build_blocked_on_fifo(root, truth, out, "--jobs", "1") as (p, fifo):
         out.write_bytes(b"a colleague's store")
         fifo.feed()
         _, stderr = p.communicate(timeout=120)
-    finally:
-        fifo.release()
-        if p.poll() is None:
-            p.kill()
     errors = [l for l in stderr.splitlines() if l.startswith("error: ")]
     assert p.returncode == 1 and len(errors) == 1 and "appeared" in errors[0] and str(out) in errors[0], stderr
     assert out.read_bytes() == b"a colleague's store"
@@ -220,14 +224,10 @@ def test_a_file_that_appears_during_the_build_is_not_replaced(tmp_path):
 # ---------------------------------------------------------------------------------------------
 def test_killed_build_leaves_a_temp_that_the_next_build_removes(tmp_path):
     root, truth = corpus(tmp_path)
-    victim = labelled(truth, 2)
-    fifo = FifoUtterance(root, victim)
     out = tmp_path / "feats.h5"
     # Augmenting builds run in worker processes: those must die with the build.
-    p = subprocess.Popen(command("serprep", *build_args(root, out, "--augment", "light", "--jobs", "2")),
-                         env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: temp_files(tmp_path, out.name), what="the temp file")
+    with build_blocked_on_fifo(root, truth, out, "--augment", "light", "--jobs", "2",
+                               stdout=subprocess.DEVNULL) as (p, fifo):
         wait_for(lambda: len([c for c in children_of(p.pid) if "LokyProcess" in cmdline(c)]) == 2,
                  what="two worker processes")
         time.sleep(0.5)  # let a worker reach the FIFO
@@ -238,10 +238,6 @@ def test_killed_build_leaves_a_temp_that_the_next_build_removes(tmp_path):
         assert len(stale) == 1
         # They poll for their parent every 0.5 s.
         wait_for(lambda: not any(alive(w) for w in workers), timeout=3, what="the orphaned workers to exit")
-    finally:
-        fifo.release()
-        if p.poll() is None:
-            p.kill()
     fifo.path.unlink()
     fifo.path.write_bytes(fifo.data)
     ran = run("serprep", *build_args(root, out, "--jobs", "1"))
@@ -252,22 +248,14 @@ def test_killed_build_leaves_a_temp_that_the_next_build_removes(tmp_path):
 
 def test_ctrl_c_removes_the_temp_and_keeps_the_previous_store(tmp_path):
     root, truth = corpus(tmp_path)
-    fifo = FifoUtterance(root, labelled(truth, 2))
     out = tmp_path / "feats.h5"
     out.write_bytes(b"the previous store")
-    p = subprocess.Popen(command("serprep", *build_args(root, out, "--jobs", "2", "--overwrite")), env=cli_env(),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: temp_files(tmp_path, out.name), what="the temp file")
+    with build_blocked_on_fifo(root, truth, out, "--jobs", "2", "--overwrite") as (p, fifo):
         time.sleep(0.3)  # the worker thread is now blocked on the FIFO
         p.send_signal(signal.SIGINT)
         wait_for(lambda: not temp_files(tmp_path, out.name), what="the temp file to be removed")
         fifo.feed()  # lets the running block finish: the build waits for it before exiting
         _, stderr = p.communicate(timeout=120)
-    finally:
-        fifo.release()
-        if p.poll() is None:
-            p.kill()
     errors = [l for l in stderr.splitlines() if l.startswith("error: ")]
     assert p.returncode == 130 and errors == ["error: interrupted; nothing written (a previous store at --out "
                                               "is unchanged)"], stderr

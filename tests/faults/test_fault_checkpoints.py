@@ -17,9 +17,8 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from sertrain.checkpoint import payload_digest
-
 from fault_helpers import assert_one_line_error, listing, run, tree_digest
+from sertrain.checkpoint import payload_digest
 from sertrain_fixtures import learnable_store, store_base
 from store_fixtures import build
 

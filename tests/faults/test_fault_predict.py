@@ -20,26 +20,17 @@ import pytest
 import soundfile as sf
 import torch
 
-from sertrain.checkpoint import payload_digest
-
 from corpus_fixtures import speech_like, write_wav
 from fault_helpers import Ran, assert_one_line_error, cli_env, command, run, tree_digest
-from sertrain.config import apply_overrides, load_config
-from sertrain.train import train_fold
-from sertrain_fixtures import learnable_store, store_base
+from sertrain.checkpoint import payload_digest
+from sertrain_fixtures import short_run_checkpoint, store_base
 
 SR = 16000
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """A trained checkpoint (one short epoch on the learnable store: the numbers need not be good)."""
-    store = learnable_store(store_base(tmp_path_factory))
-    cfg = apply_overrides(load_config("cpu-small"), {"train.num_workers": 0, "train.patience": 0,
-                                                     "train.epochs": 1, "train.steps_per_epoch": 4})
-    out = tmp_path_factory.mktemp("fault_predict_run")
-    train_fold(store, 1, cfg, out, device="cpu")
-    return out / "best.pt"
+    return short_run_checkpoint(store_base(tmp_path_factory))
 
 
 @pytest.fixture(scope="module")

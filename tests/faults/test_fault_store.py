@@ -39,6 +39,22 @@ def train_store(tmp_path_factory) -> Path:
     return learnable_store(store_base(tmp_path_factory), balance=True, augment="default")
 
 
+def flip_byte(path: Path, offset: int, mask: int) -> bytes:
+    """XOR one byte of ``path`` with ``mask``; returns the original byte."""
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        original = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([original[0] ^ mask]))
+    return original
+
+
+def put_byte(path: Path, offset: int, value: bytes) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(value)
+
+
 def _copy(src: Path, tmp_path: Path, name: str = "edited.h5") -> Path:
     dst = tmp_path / name
     shutil.copyfile(src, dst)
@@ -177,11 +193,7 @@ def test_flipped_feature_bytes_need_verify(small_store, tmp_path):
     path = _copy(small_store, tmp_path)
     with h5py.File(path, "r") as f:
         offset = f["features"].id.get_chunk_info(3).byte_offset + 1001
-    with open(path, "r+b") as fh:
-        fh.seek(offset)
-        b = fh.read(1)
-        fh.seek(offset)
-        fh.write(bytes([b[0] ^ 0x10]))
+    flip_byte(path, offset, 0x10)
     assert any("/features" in p for p in verify(path))
     with pytest.raises(StoreError, match="/features"):
         StoreReader(path, verify_features=True)
@@ -193,11 +205,7 @@ def test_sertrain_verify_option_catches_feature_damage(train_store, tmp_path):
     path = _copy(train_store, tmp_path)
     with h5py.File(path, "r") as f:
         offset = f["features"].id.get_chunk_info(0).byte_offset + 4
-    with open(path, "r+b") as fh:
-        fh.seek(offset)
-        b = fh.read(1)
-        fh.seek(offset)
-        fh.write(bytes([b[0] ^ 0x01]))
+    flip_byte(path, offset, 0x01)
     ran = run("sertrain", "train", path, "--fold", "1", "--out", tmp_path / "run", *FAST, "--verify")
     assert_one_line_error(ran, str(path), "/features", code=1)
     assert not (tmp_path / "run").exists()
@@ -220,11 +228,7 @@ def test_every_time_check_names_the_first_problem_only_once(small_store, tmp_pat
 def test_verify_and_info_on_damaged_metadata_say_one_line(small_store, tmp_path, from_end):
     path = _copy(small_store, tmp_path)
     size = path.stat().st_size
-    with open(path, "r+b") as fh:
-        fh.seek(size - from_end)
-        b = fh.read(1)
-        fh.seek(size - from_end)
-        fh.write(bytes([b[0] ^ 0xFF]))
+    flip_byte(path, size - from_end, 0xFF)
     ran = run("serprep", "verify", path)
     if ran.returncode == 0:  # the flip hit unused bytes: then the store must read identically
         assert _content(path) == _content(small_store)
@@ -283,11 +287,7 @@ def test_any_flipped_byte_is_caught_or_harmless(small_store, tmp_path):
     offsets = _flip_offsets(path)
     caught = harmless = 0
     for offset in offsets:
-        with open(path, "r+b") as fh:
-            fh.seek(offset)
-            b = fh.read(1)
-            fh.seek(offset)
-            fh.write(bytes([b[0] ^ 0x5A]))
+        b = flip_byte(path, offset, 0x5A)
         try:
             problems = verify(path)
             try:
@@ -307,9 +307,7 @@ def test_any_flipped_byte_is_caught_or_harmless(small_store, tmp_path):
                 assert same, f"offset {offset}: flipped byte changed the content but verify passed"
                 harmless += 1
         finally:
-            with open(path, "r+b") as fh:
-                fh.seek(offset)
-                fh.write(b)
+            put_byte(path, offset, b)
     assert caught > 100 and caught + harmless == len(offsets), (caught, harmless)
 
 
@@ -324,11 +322,7 @@ def test_cheap_open_catches_every_flip_outside_the_feature_frames(small_store, t
                  for c in (ds.id.get_chunk_info(i) for i in range(ds.id.get_num_chunks()))]
     offsets = [o for o in _flip_offsets(path) if not any(a <= o < b for a, b in spans)]
     for offset in offsets:
-        with open(path, "r+b") as fh:
-            fh.seek(offset)
-            b = fh.read(1)
-            fh.seek(offset)
-            fh.write(bytes([b[0] ^ 0xA5]))
+        b = flip_byte(path, offset, 0xA5)
         try:
             try:
                 StoreReader(path)
@@ -339,7 +333,5 @@ def test_cheap_open_catches_every_flip_outside_the_feature_frames(small_store, t
                 content = _content(path)
                 assert {k: v for k, v in content.items() if k != "features"} == without_features, offset
         finally:
-            with open(path, "r+b") as fh:
-                fh.seek(offset)
-                fh.write(b)
+            put_byte(path, offset, b)
 
