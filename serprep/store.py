@@ -195,17 +195,26 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _all_datasets(f: h5py.File) -> list[str]:
-    names: list[str] = []
-    f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
-    return sorted(names)
+def _contents(f: h5py.File) -> tuple[list[str], list[str]]:
+    """(datasets, groups and datasets that carry attributes), each sorted, in one visit."""
+    datasets: list[str] = []
+    attr_sets: list[str] = []
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset):
+            datasets.append(name)
+        if len(obj.attrs):
+            attr_sets.append(name)
+
+    f.visititems(visit)
+    return sorted(datasets), sorted(attr_sets)
 
 
-def _attribute_sets(f: h5py.File) -> list[str]:
-    """Names of the groups and datasets (not the root) that carry attributes."""
-    names: list[str] = []
-    f.visititems(lambda name, obj: names.append(name) if len(obj.attrs) else None)
-    return sorted(names)
+def _checksum_key_text(name: str) -> tuple[str, bool]:
+    """How a checksum-table key reads in a message, and whether it names attributes."""
+    if name.endswith(ATTRS_KEY):
+        return f"attributes of /{name[: -len(ATTRS_KEY)]}", True
+    return f"dataset /{name}", False
 
 
 def _short(exc: BaseException) -> str:
@@ -218,8 +227,9 @@ def check_contents(f: h5py.File, *, features: bool, keep: Iterable[str] = ()) ->
 
     Returns ``(problems, kept)``: one line per problem (no file name; empty = intact) and the
     values of the datasets named in ``keep`` (a name, or a group prefix ending in ``/``) as
-    read for the check, so a reader need not read them twice. ``/features`` is only checked with ``features`` (it is the bulk of the file).
-    Damaged HDF5 metadata is reported as a problem, not raised.
+    read for the check, so a reader need not read them twice. ``/features`` is only checked
+    with ``features`` (it is the bulk of the file). Damaged HDF5 metadata is reported as a
+    problem, not raised.
     """
     problems: list[str] = []
     kept: dict[str, Any] = {}
@@ -232,16 +242,16 @@ def check_contents(f: h5py.File, *, features: bool, keep: Iterable[str] = ()) ->
             recorded = json.loads(_plain(f.attrs["checksums"]))
         except (KeyError, ValueError, TypeError):
             return problems + ["no readable checksum table"], kept
-        datasets, attr_sets = _all_datasets(f), _attribute_sets(f)
+        datasets, attr_sets = _contents(f)
     except Exception as exc:  # h5py raises OSError, KeyError, RuntimeError... for damaged metadata
         return problems + [f"HDF5 metadata is damaged ({_short(exc)})"], kept
     present = set(datasets) | {name + ATTRS_KEY for name in attr_sets}
     for name in sorted(set(recorded) - present):
-        what = f"attributes of /{name[: -len(ATTRS_KEY)]}" if name.endswith(ATTRS_KEY) else f"dataset /{name}"
-        problems.append(f"{what} {'are' if name.endswith(ATTRS_KEY) else 'is'} missing")
+        what, plural = _checksum_key_text(name)
+        problems.append(f"{what} {'are' if plural else 'is'} missing")
     for name in sorted(present - set(recorded)):
-        what = f"attributes of /{name[: -len(ATTRS_KEY)]}" if name.endswith(ATTRS_KEY) else f"dataset /{name}"
-        problems.append(f"{what} {'were' if name.endswith(ATTRS_KEY) else 'was'} added after the store was written")
+        what, plural = _checksum_key_text(name)
+        problems.append(f"{what} {'were' if plural else 'was'} added after the store was written")
     for name in sorted(set(recorded) & present):
         if name == "features" and not features:
             continue
@@ -431,10 +441,11 @@ class StoreWriter:
             f.attrs["schema_version"] = SCHEMA_VERSION
             f.attrs["feature_config"] = self.cfg.to_json()
             f.attrs["item_checksum"] = ITEM_CHECKSUM
+            datasets, attr_sets = _contents(f)
             checksums = {name: self._digests.get(name) or dataset_digest(f[name])
-                         for name in _all_datasets(f) if name != "features"}
+                         for name in datasets if name != "features"}
             checksums["features"] = combine_item_digests(f["features"].shape, self._item_digests)
-            for name in _attribute_sets(f):
+            for name in attr_sets:
                 checksums[name + ATTRS_KEY] = attrs_digest(f[name].attrs)
             f.attrs["checksums"] = json.dumps(checksums, sort_keys=True)
             f.attrs["attrs_sha256"] = root_digest(f.attrs)
@@ -866,4 +877,4 @@ def verify(path: str | Path) -> list[str]:
 def count_datasets(path: str | Path) -> int:
     """Number of datasets in a store (for ``serprep verify``'s summary)."""
     with _open_store(Path(path)) as f:
-        return len(_all_datasets(f))
+        return len(_contents(f)[0])
