@@ -259,7 +259,7 @@ def check_contents(f: h5py.File, *, features: bool, keep: Iterable[str] = ()) ->
             if name.endswith(ATTRS_KEY):
                 obj = name[: -len(ATTRS_KEY)]
                 if attrs_digest(f[obj].attrs) != recorded[name]:
-                    problems.append(f"attributes of /{obj} changed (damaged or modified)")
+                    problems.append(f"attributes of /{obj} changed")
                 continue
             if name == "features":
                 digest = features_digest(f)
@@ -272,7 +272,7 @@ def check_contents(f: h5py.File, *, features: bool, keep: Iterable[str] = ()) ->
             problems.append(f"dataset /{name} is unreadable ({_short(exc)})")
             continue
         if digest != recorded[name]:
-            problems.append(f"dataset /{name} checksum mismatch (damaged or modified)")
+            problems.append(f"dataset /{name} checksum mismatch")
     return problems, kept
 
 
@@ -871,7 +871,7 @@ def verify(path: str | Path) -> list[str]:
             problems, _ = check_contents(f, features=True)
     except StoreError as exc:
         return [str(exc)]
-    return [f"{path}: {p}" for p in problems]
+    return [f"{path}: damaged or modified store: {p}" for p in problems]
 
 
 def count_datasets(path: str | Path) -> int:
