@@ -202,7 +202,9 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _resolve(name_or_path: str) -> Path:
+def preset_file(name_or_path: str) -> Path:
+    """The file a preset name (``default``: the bundled ``default.toml``) or path stands for;
+    :class:`AugmentPresetError` if there is none."""
     path = Path(name_or_path).expanduser()
     looks_like_path = (
         path.suffix.lower() in _PRESET_SUFFIXES or "/" in name_or_path or "\\" in name_or_path
@@ -254,7 +256,7 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
 
     Raises :class:`AugmentPresetError` (a ``ValueError``) naming the file and the entry.
     """
-    path = _resolve(name_or_path)
+    path = preset_file(name_or_path)
     data = _read(path)
     if isinstance(data, Mapping) and "name" not in data:
         data = {"name": path.stem, **data}

@@ -112,29 +112,39 @@ def check_options(opts: BuildOptions, spec: CorpusSpec) -> tuple[Path, Path]:
         raise CorpusLayoutError(f"{root}: corpus root is not a directory")
     check_feature_config(opts.features)
     seg = opts.segments
-    if seg.frames <= 0 or seg.hop <= 0 or not 0 < seg.min_hop <= seg.hop:
-        raise SerprepError(f"segments: need frames > 0 and 0 < min hop <= hop (got {seg})")
+    if seg.frames <= 0 or not 0 < seg.min_hop <= seg.hop <= seg.frames:
+        raise SerprepError(
+            f"--segment-frames {seg.frames} / --segment-hop {seg.hop}: need frames > 0 and 0 < hop <= frames "
+            "(a hop longer than a window would leave frames in no segment)"
+        )
     if opts.copies < 0 or opts.max_copies < 0:
         raise SerprepError("--copies and --max-copies must not be negative")
     if out.is_dir():
         raise StoreError(f"{out}: is a directory; --out names the store file to write")
     if not out.parent.is_dir():
         raise StoreError(f"{out}: output folder {out.parent} does not exist")
-    _refuse_input_as_output(out, root, opts.augment, spec.path)
+    preset = None
+    if opts.augment:  # a bad preset ends here, not after extraction has started
+        from .augment import load_preset, preset_file
+
+        load_preset(opts.augment)
+        preset = preset_file(opts.augment)
+    _refuse_input_as_output(out, root, preset, spec.path)
     if out.exists() and not opts.overwrite:
         raise StoreError(f"{out}: already exists (use --overwrite to replace it)")
     return root, out
 
 
-def _refuse_input_as_output(out: Path, root: Path, augment: str | None, label_manifest: Path) -> None:
-    """Refuse an ``--out`` inside the corpus or naming an input file (before it is replaced)."""
+def _refuse_input_as_output(out: Path, root: Path, preset: Path | None, label_manifest: Path) -> None:
+    """Refuse an ``--out`` inside the corpus or naming an input file (before it is replaced):
+    the label manifest, or the augmentation preset (``--augment default`` names a bundled file)."""
     real_out, real_root = out.resolve(), root.resolve()
     if real_out == real_root or real_root in real_out.parents:
         raise SerprepError(f"{out}: is inside the corpus root {root}; write the store outside the corpus "
                            "(the corpus is input only)")
     inputs = [(label_manifest, "the label manifest")]
-    if augment and Path(augment).is_file():
-        inputs.append((Path(augment), "the --augment preset"))
+    if preset is not None:
+        inputs.append((preset, "the --augment preset"))
     for path, what in inputs:
         if real_out == path.resolve() or (out.exists() and os.path.samefile(out, path)):
             raise SerprepError(f"{out}: is {what}, an input of this build; choose another --out")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -10,14 +11,25 @@ import click
 
 from . import __version__
 from .config import FeatureConfig, SegmentConfig
+from .clickutil import OneLineErrorGroup
 from .errors import SerprepError
 
 CORPUS_NAMES = ("iemocap", "msp-improv")
 
 
-class _Group(click.Group):
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a batch scheduler), raised like Ctrl-C so that a build
+    cleans up the same way."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
+class _Group(OneLineErrorGroup):
     """Turns :class:`SerprepError` and ``OSError`` into a one-line ``error:`` message, exit code 1,
-    and Ctrl-C into ``error: interrupted ...``, exit code 130 (after the build cleaned up)."""
+    and Ctrl-C or SIGTERM into ``error: interrupted ...`` / ``error: terminated ...``, exit code
+    130 / 143, after the build cleaned up (temp file removed, workers stopped)."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -29,15 +41,17 @@ class _Group(click.Group):
             where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
             click.echo(f"error: {where}{exc.strerror or exc}", err=True)
             ctx.exit(1)
-        except KeyboardInterrupt:
-            click.echo("error: interrupted; nothing written (a previous store at --out is unchanged)", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as exc:
+            what, code = ("terminated (SIGTERM)", 143) if isinstance(exc, _Terminated) else ("interrupted", 130)
+            click.echo(f"error: {what}; nothing written (a previous store at --out is unchanged)", err=True)
+            ctx.exit(code)
 
 
-@click.group(cls=_Group)
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="serprep")
 def main() -> None:
     """Turn speech emotion corpora into self-describing HDF5 feature stores."""
+    signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 @main.command()
@@ -45,7 +59,9 @@ def main() -> None:
 @click.option("--root", required=True, type=click.Path(path_type=Path), help="Corpus root (e.g. IEMOCAP_full_release/).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Store file to write (.h5).")
 @click.option("--classes", default=None, help="Class set from manifests/<corpus>.toml (default: the manifest's default, e.g. 4class-merged).")
-@click.option("--subset", default=None, help="Utterance subset, e.g. all, improvised, scripted.")
+@click.option("--subset", default=None,
+              help="Utterance subset from manifests/<corpus>.toml (IEMOCAP: all, improvised, scripted; "
+                   "MSP-IMPROV: all, improvised, read, natural, target, acted).")
 @click.option("--n-mels", default=40, show_default=True, type=int, help="Mel bands.")
 @click.option("--segment-frames", default=300, show_default=True, type=int, help="Frames per segment.")
 @click.option("--segment-hop", default=150, show_default=True, type=int, help="Segment hop in frames.")
@@ -54,10 +70,12 @@ def main() -> None:
 @click.option("--balance/--no-balance", default=False, show_default=True, help="Balance emotion classes in training data (denser hop + augmented copies for minority classes).")
 @click.option("--max-copies", default=4, show_default=True, type=int, help="Most augmented copies per utterance when balancing.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for augmentation and sampling indices.")
-@click.option("--jobs", "-j", default=-1, show_default=True, type=int, help="Extraction workers (-1 = all cores).")
+@click.option("--jobs", "-j", default=-1, show_default=True, type=int, help="Extraction workers (-1 or 0 = all cores).")
 @click.option("--backend", type=click.Choice(["auto", "threads", "processes"]), default="auto", show_default=True,
               help="Extraction workers: threads (plain builds), processes (used for --augment), auto picks.")
-@click.option("--strict", is_flag=True, help="Abort on the first unreadable audio file instead of skipping it.")
+@click.option("--strict", is_flag=True,
+              help="Abort on the first unreadable audio file or label line that does not parse, instead of "
+                   "skipping and recording it.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--task-timeout", default=900.0, show_default=True, type=float, help="Seconds a worker may spend on one block.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -113,13 +131,19 @@ def info(store: Path, as_json: bool) -> None:
 @main.command()
 @click.argument("store", type=click.Path(path_type=Path))
 def verify(store: Path) -> None:
-    """Re-check every checksum; exit 1 if anything is damaged."""
+    """Re-check every checksum, feature frames included; exit 1 (one error line listing every
+    problem) if anything is damaged or modified."""
     from .store import verify as verify_store
 
     problems = verify_store(store)
     if problems:
-        for p in problems:
-            click.echo(f"error: {p}", err=True)
+        # One line, every problem in it: what changed, and how much.
+        prefix = f"{store}: damaged or modified store: "
+        if len(problems) == 1:
+            click.echo(f"error: {problems[0]}", err=True)
+        else:
+            details = "; ".join(p.removeprefix(prefix) for p in problems)
+            click.echo(f"error: {store}: damaged or modified store, {len(problems)} problems: {details}", err=True)
         sys.exit(1)
     from .store import count_datasets
 
@@ -129,12 +153,25 @@ def verify(store: Path) -> None:
 @main.command()
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="CSV file to write.")
-def manifest(store: Path, out: Path) -> None:
-    """Export the utterance table as CSV."""
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+def manifest(store: Path, out: Path, overwrite: bool) -> None:
+    """Export the utterance table as CSV (written to a temp file, then renamed into place)."""
+    import os
+
+    from .output import temp_path
     from .store import StoreReader
 
+    if out.exists() and out.resolve() == store.resolve():
+        raise SerprepError(f"{out}: is the store being exported; choose another --out")
+    if out.exists() and not overwrite:
+        raise SerprepError(f"{out}: already exists (use --overwrite to replace it)")
     df = StoreReader(store).manifest()
-    df.to_csv(out, index=False)
+    tmp = temp_path(out)
+    try:
+        df.to_csv(tmp, index=False)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     click.echo(f"wrote {out}: {len(df)} utterances, {len(df.columns)} columns")
 
 
@@ -151,30 +188,35 @@ def report(store: Path, out: Path, scheme: str | None) -> None:
 
 
 @main.command("clean-tmp")
-@click.argument("folder", type=click.Path(file_okay=False, exists=True, path_type=Path), default=".")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path), default=".")
 def clean_tmp(folder: Path) -> None:
-    """Remove temporary store files left in FOLDER by builds that were killed.
+    """Remove temporary store files and lock files left in FOLDER by builds that were killed.
 
     Only files named like a build's temp file (.NAME.tmp-HOST-PID) whose process is gone on
-    this host; a running build's temp file, or one from another host sharing the folder, is kept.
+    this host, and build lock files (.NAME.lock) that nobody holds; a running build's files, or
+    a temp file from another host sharing the folder, are kept. FOLDER defaults to the current one.
     """
-    from .output import remove_stale_temps
+    from .output import remove_stale_locks, remove_stale_temps
 
-    removed = remove_stale_temps(folder)
+    if not folder.is_dir():
+        raise SerprepError(f"{folder}: no such folder")
+    removed = remove_stale_temps(folder) + remove_stale_locks(folder)
     for path in removed:
         click.echo(f"removed {path}")
-    click.echo(f"{len(removed)} stale temporary file(s) removed from {folder}")
+    click.echo(f"{len(removed)} stale temporary or lock file(s) removed from {folder}")
 
 
 @main.command("demo-corpus")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder to write (IEMOCAP_full_release layout).")
 @click.option("--hours", default=0.5, show_default=True, type=float, help="Total audio duration.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random choice (same seed, same corpus).")
 @click.option("--overwrite", is_flag=True, help="Write into a non-empty folder.")
 def demo_corpus(out: Path, hours: float, seed: int, overwrite: bool) -> None:
     """Write a synthetic speech-like corpus in the IEMOCAP layout (no download)."""
     from .demo import write_demo_corpus
 
+    if not hours > 0:
+        raise SerprepError(f"--hours {hours}: must be a positive number of hours")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise SerprepError(f"{out}: folder exists and is not empty (use --overwrite)")
     s = write_demo_corpus(out, hours=hours, seed=seed, progress=True)

@@ -144,23 +144,26 @@ def extract_block(tasks: list[Task], root: str, extract: LogMelExtractor, seg: S
         decoded.append((entry, task, signals))
 
     # One feature pass over every signal of the block (see LogMelExtractor.frames_block).
-    try:
-        frames, counts = extract.frames_block([y for _, _, signals in decoded for _, _, y in signals])
-    except Exception:  # not expected for decoded audio; if it happens, find the file it was
-        return {"entries": entries, "frames": _frames_file_by_file(decoded, extract, seg)}
-    start, item_counts = 0, iter(counts)
-    keep = np.ones(len(frames), dtype=bool)
-    for entry, task, signals in decoded:
-        entry_start = start
-        for copy, chain, _ in signals:
-            n = next(item_counts)
-            entry["items"].append(_segment_item(frames[start : start + n], copy, chain, seg, task.class_hop))
-            start += n
-        bad = [it["copy"] for it in entry["items"] if not it["finite"]]
-        if bad:
-            entry["error"] = _not_finite_message(task.path, bad)
-            entry["items"] = []
-            keep[entry_start:start] = False
+    # Overflow (samples far outside [-1, 1]) is reported per file below, as a failed file:
+    # numpy's RuntimeWarnings would only add lines to the user's terminal.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        try:
+            frames, counts = extract.frames_block([y for _, _, signals in decoded for _, _, y in signals])
+        except Exception:  # not expected for decoded audio; if it happens, find the file it was
+            return {"entries": entries, "frames": _frames_file_by_file(decoded, extract, seg)}
+        start, item_counts = 0, iter(counts)
+        keep = np.ones(len(frames), dtype=bool)
+        for entry, task, signals in decoded:
+            entry_start = start
+            for copy, chain, _ in signals:
+                n = next(item_counts)
+                entry["items"].append(_segment_item(frames[start : start + n], copy, chain, seg, task.class_hop))
+                start += n
+            bad = [it["copy"] for it in entry["items"] if not it["finite"]]
+            if bad:
+                entry["error"] = _not_finite_message(task.path, bad)
+                entry["items"] = []
+                keep[entry_start:start] = False
     return {"entries": entries, "frames": frames if keep.all() else frames[keep]}
 
 

@@ -87,6 +87,34 @@ def remove_stale_temps(folder: Path, out_name: str | None = None) -> list[Path]:
     return removed
 
 
+def remove_stale_locks(folder: Path) -> list[Path]:
+    """Delete build lock files (``.NAME.lock``) in ``folder`` that no process holds (left by a
+    killed build; harmless, but litter). A held lock is left alone."""
+    removed = []
+    try:
+        entries = sorted(Path(folder).glob(".*.lock"))
+    except OSError:
+        return []
+    for path in entries:
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        try:  # unlinked while held, as OutputLock.release does: a build that opened it retries
+            path.unlink()
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
 class OutputLock:
     """Exclusive ``flock`` on ``.<name>.lock`` beside ``out`` for the life of a build.
 

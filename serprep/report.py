@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .info import store_summary
+from .errors import StoreError
 from .store import StoreReader
 
 CHANNELS = ("static", "delta", "delta-delta")
@@ -28,7 +29,6 @@ def write_report(store: str | Path, out_dir: str | Path, scheme: str | None = No
     import matplotlib.pyplot as plt
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     r = StoreReader(store)
     summary = store_summary(store)
     classes = r.vocab("emotion")
@@ -36,7 +36,10 @@ def write_report(store: str | Path, out_dir: str | Path, scheme: str | None = No
 
     # 1. Training segments per class and fold, before/after balancing, stacked by gender.
     schemes = r.fold_schemes()
+    if scheme is not None and scheme not in schemes:
+        raise StoreError(f"{store}: no fold scheme {scheme!r}; store has {', '.join(schemes) or 'no folds'}")
     scheme = scheme or ("loso" if "loso" in schemes else (schemes[0] if schemes else None))
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once the store and options are known to be good
     if scheme:
         folds = summary["folds"][scheme]
         cols = min(3, len(folds))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import click
+from serprep.clickutil import OneLineErrorGroup
 
 from . import __version__
 from .errors import InputError, SertrainError
@@ -183,7 +184,7 @@ def _parse_aux(text: str | None) -> list[str] | None:
     return items
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=OneLineErrorGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="sertrain")
 def main() -> None:
     """Train and evaluate the multi-task CNN + attention-BLSTM emotion model on a serprep store.

@@ -18,6 +18,7 @@ resolved config is stored in every checkpoint as a plain dict (:meth:`Config.to_
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,11 @@ class Config:
     def validate(self, source: str = "config") -> None:
         """Check value ranges and consistency; one-line :class:`InputError` on failure."""
         m, t, lo = self.model, self.train, self.loss
+        for section in ("model", "loss", "train", "data"):
+            for key, value in dataclasses.asdict(getattr(self, section)).items():
+                if isinstance(value, float) and not math.isfinite(value):
+                    # NaN passes every range check below (all comparisons are false).
+                    raise InputError(f"{source}: {section}.{key} must be a finite number, got {value}")
         n = len(m.conv_channels)
         if n == 0 or len(m.conv_kernels) != n or len(m.conv_pools) != n:
             raise InputError(

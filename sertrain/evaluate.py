@@ -268,6 +268,17 @@ def evaluate_checkpoint(
                 f"{name}: {split} speakers {', '.join(seen)} of {scheme} fold {k} were training speakers of "
                 f"this checkpoint ({ckpt.scheme} fold {ckpt.fold}); the result would not be speaker independent"
             )
+        if same_corpus and split == "test":
+            # The checkpoint's validation speakers chose its epoch (early stopping): scoring them
+            # as a test split is model selection on the test set, and inflates the result.
+            chosen_on = _validation_speakers_of(reader, ckpt.scheme, ckpt.fold)
+            picked = sorted(set(part_speakers) & chosen_on)
+            if picked:
+                raise InputError(
+                    f"{name}: test speakers {', '.join(picked)} of {scheme} fold {k} were the validation speakers "
+                    f"that chose this checkpoint's epoch ({ckpt.scheme} fold {ckpt.fold}); a test on them would "
+                    "not be independent of model selection (use --split validation to score them as such)"
+                )
         dev = resolve_device(device)
         model = ckpt.build_model().to(dev)
         dataset = SegmentBatchDataset(
@@ -295,3 +306,10 @@ def evaluate_checkpoint(
         return ev, info
     finally:
         reader.close()
+
+
+def _validation_speakers_of(reader: Any, scheme: str, fold: int) -> set[str]:
+    """The validation speakers of ``scheme`` fold ``fold`` in ``reader`` (empty if it has no such fold)."""
+    if scheme not in reader.fold_schemes() or fold not in reader.fold_ids(scheme):
+        return set()
+    return {str(s) for s in reader.fold(scheme, fold).validation_speakers}

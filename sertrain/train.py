@@ -631,7 +631,8 @@ def _write_cv_summary(out: Path, cfg: Config, runs: list[FoldResult]) -> str:
     preds = preds[["fold", *[c for c in preds.columns if c != "fold"]]]
     write_reports(
         out, metrics, preds, {f"fold {r.fold}": r.history for r in runs}, total_cm, classes,
-        title=f"{cfg.name} {cfg.data.scheme} aux={cfg.loss.aux}: all folds (confusion summed)",
+        title=(f"{cfg.name} {cfg.data.scheme} aux={cfg.loss.aux}: all folds "
+               "(confusion summed over folds, curves one line per fold)"),
     )
     (out / "table.txt").write_text(table + "\n")
     return table

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import re
 import shutil
@@ -79,6 +80,13 @@ class FifoUtterance:
         os.close(fd)
 
 
+def _default_signals() -> None:
+    """In the child: Ctrl-C and SIGTERM as a terminal would deliver them, even when pytest runs
+    in the background with SIGINT ignored (which the child would inherit)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def build_blocked_on_fifo(root: Path, truth: list[dict], out: Path, *extra: object,
                           stdout=subprocess.PIPE) -> Iterator[tuple[subprocess.Popen, FifoUtterance]]:
@@ -86,7 +94,7 @@ def build_blocked_on_fifo(root: Path, truth: list[dict], out: Path, *extra: obje
     its temp file already written; killed on the way out if it is still running."""
     fifo = FifoUtterance(root, labelled(truth, 2))
     p = subprocess.Popen(command("serprep", *build_args(root, out, *extra)), env=cli_env(),
-                         stdout=stdout, stderr=stdout, text=True)
+                         stdout=stdout, stderr=stdout, text=True, preexec_fn=_default_signals)
     try:
         wait_for(lambda: temp_files(out.parent, out.name), what="the build's temp file")
         yield p, fifo
@@ -149,6 +157,7 @@ def test_huge_float_samples_are_a_failed_file_not_nan_features(tmp_path):
     ran = run("serprep", *build_args(root, out, "--jobs", "2"))
     assert ran.returncode == 0, ran.stderr
     assert victim["path"] in ran.stdout and "not all finite" in ran.stdout
+    assert "Warning" not in ran.stderr, ran.stderr  # numpy's overflow warnings stay off the terminal
     reader = StoreReader(out)
     failures = reader.failures()
     assert victim["utt_id"] in failures["utt_id"].tolist()
@@ -160,6 +169,7 @@ def test_huge_float_samples_are_a_failed_file_not_nan_features(tmp_path):
     out_strict = tmp_path / "strict.h5"
     strict = run("serprep", *build_args(root, out_strict, "--strict"))
     assert_one_line_error(strict, victim["path"], "not all finite", "--strict")
+    assert strict.stderr_lines[-1].startswith("error: ") and "Warning" not in strict.stderr, strict.stderr
     assert not out_strict.exists() and tree_digest(root) == before
     assert listing(tmp_path) == ["corpus", "feats.h5"]
 
@@ -246,19 +256,21 @@ def test_killed_build_leaves_a_temp_that_the_next_build_removes(tmp_path):
     assert listing(tmp_path) == ["corpus", "feats.h5"] and verify(out) == []
 
 
-def test_ctrl_c_removes_the_temp_and_keeps_the_previous_store(tmp_path):
+@pytest.mark.parametrize("sig, code, what", [(signal.SIGINT, 130, "interrupted"),
+                                             (signal.SIGTERM, 143, "terminated (SIGTERM)")], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_build_removes_its_files_and_keeps_the_previous_store(tmp_path, sig, code, what):
     root, truth = corpus(tmp_path)
     out = tmp_path / "feats.h5"
     out.write_bytes(b"the previous store")
     with build_blocked_on_fifo(root, truth, out, "--jobs", "2", "--overwrite") as (p, fifo):
         time.sleep(0.3)  # the worker thread is now blocked on the FIFO
-        p.send_signal(signal.SIGINT)
+        p.send_signal(sig)
         wait_for(lambda: not temp_files(tmp_path, out.name), what="the temp file to be removed")
         fifo.feed()  # lets the running block finish: the build waits for it before exiting
         _, stderr = p.communicate(timeout=120)
     errors = [l for l in stderr.splitlines() if l.startswith("error: ")]
-    assert p.returncode == 130 and errors == ["error: interrupted; nothing written (a previous store at --out "
-                                              "is unchanged)"], stderr
+    assert p.returncode == code and errors == [f"error: {what}; nothing written (a previous store at --out "
+                                               "is unchanged)"], stderr
     assert "Traceback" not in stderr
     assert out.read_bytes() == b"the previous store"
     assert listing(tmp_path) == ["corpus", "feats.h5"]
@@ -274,12 +286,15 @@ def test_clean_tmp_removes_only_temps_of_dead_processes(tmp_path):
     live = tmp_path / f".b.h5.tmp-{host_tag}-{os.getpid()}"
     other_host = tmp_path / f".c.h5.tmp-elsewhere-{finished.pid}"
     unrelated = tmp_path / "notes.tmp-1"
-    for p in (dead, live, other_host, unrelated):
+    stale_lock, held_lock = tmp_path / ".a.h5.lock", tmp_path / ".b.h5.lock"
+    for p in (dead, live, other_host, unrelated, stale_lock, held_lock):
         p.write_bytes(b"x")
-    ran = run("serprep", "clean-tmp", tmp_path)
+    with open(held_lock, "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # a build that is running
+        ran = run("serprep", "clean-tmp", tmp_path)
     assert ran.returncode == 0, ran.stderr
-    assert f"removed {dead}" in ran.stdout
-    assert listing(tmp_path) == sorted(p.name for p in (live, other_host, unrelated))
+    assert f"removed {dead}" in ran.stdout and f"removed {stale_lock}" in ran.stdout
+    assert listing(tmp_path) == sorted(p.name for p in (live, other_host, unrelated, held_lock))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,3 +424,32 @@ def test_questionable_inputs_are_warned_or_recorded(tmp_path):
     strict = run("serprep", *build_args(root, tmp_path / "strict.h5", "--strict"))
     assert_one_line_error(strict, "malformed summary line", "--strict")
     assert not (tmp_path / "strict.h5").exists()
+
+
+def test_a_preset_given_by_name_is_an_input_too(tmp_path, monkeypatch):
+    """`--augment default` reads the bundled default.toml: an --out naming that file is refused
+    (the bundled folder is swapped for a copy, so a failure could not damage the checkout)."""
+    import serprep.augment as augment
+    from store_fixtures import build
+
+    presets = tmp_path / "presets"
+    shutil.copytree(augment.PRESET_DIR, presets)
+    monkeypatch.setattr(augment, "PRESET_DIR", presets)
+    root, _ = corpus(tmp_path)
+    before = tree_digest(presets)
+    with pytest.raises(SerprepError, match="is the --augment preset, an input of this build"):
+        build("iemocap", root, presets / "default.toml", augment="default", overwrite=True)
+    assert tree_digest(presets) == before
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("--segment-hop", "400"), "--segment-hop 400: need frames > 0 and 0 < hop <= frames"),
+    (("--segment-frames", "0"), "--segment-frames 0"),
+    (("--augment", "bogus"), "unknown augmentation preset 'bogus'"),
+])
+def test_bad_segment_and_augment_options_are_refused_before_any_work(tmp_path, args, fragment):
+    root, _ = corpus(tmp_path)
+    ran = run("serprep", *build_args(root, tmp_path / "feats.h5", *args))
+    line = assert_one_line_error(ran, fragment)
+    assert "SegmentConfig(" not in line
+    assert listing(tmp_path) == ["corpus"] and "extracting" not in ran.stderr
