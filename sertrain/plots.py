@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 
@@ -43,7 +44,7 @@ def plot_curves(
     """Losses (train emotion CE and multi-task total, validation emotion CE) and validation UA
     per epoch; a dict of histories (e.g. one per fold) draws one colour per run."""
     runs = history if isinstance(history, dict) else {"": history}
-    fig, (ax_loss, ax_ua) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax_loss, ax_ua) = plt.subplots(1, 2, figsize=(12 if len(runs) > 2 else 10, 3.8))
     for label, hist in runs.items():
         if not hist:
             continue
@@ -56,12 +57,15 @@ def plot_curves(
         if any(h.get("val_loss") is not None for h in hist):
             ax_loss.plot(ep, [_nan(h.get("val_loss")) for h in hist], "--", color=line.get_color(),
                          label=f"{label} val emotion CE".strip())
-        ax_ua.plot(ep, [_nan(h.get("val_ua")) for h in hist], label=label or "val UA")
-    ax_loss.set_xlabel("epoch")
+        ax_ua.plot(ep, [100 * _nan(h.get("val_ua")) for h in hist], label=label or "val UA")
+    for ax in (ax_loss, ax_ua):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax_loss.set_ylabel("loss")
-    ax_ua.set_xlabel("epoch")
-    ax_ua.set_ylabel("validation UA")
-    ax_loss.legend(fontsize=7)
+    ax_ua.set_ylabel("validation UA (%)")  # as in every table
+    # Many runs: the loss legend goes beside the plot instead of over the curves.
+    many = len(runs) > 2
+    ax_loss.legend(fontsize=6 if many else 7, **({"loc": "upper left", "bbox_to_anchor": (1.0, 1.0)} if many else {}))
     ax_ua.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
