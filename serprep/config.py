@@ -1,6 +1,6 @@
 """Feature and segmentation configuration.
 
-Every number of the input pipeline (../shared/method.md) lives here as a config value and is
+Every number of the input pipeline (docs/method.md) lives here as a config value and is
 recorded in the store, so a store says exactly how it was made and consumers (sertrain, a
 colleague's code) can refuse features they were not built for.
 """

@@ -4,7 +4,7 @@ IEMOCAP cannot be redistributed, yet the pipeline (reader -> store -> training -
 needs a corpus with the same on-disk layout, the same label syntax and a similar class skew to
 be demonstrated and tested end to end. :func:`write_demo_corpus` writes one:
 
-* the exact ``IEMOCAP_full_release`` layout of ``/work/shared/corpora.md`` (``README.txt``,
+* the exact ``IEMOCAP_full_release`` layout of ``docs/corpora.md`` (``README.txt``,
   ``Session1..5/dialog/EmoEvaluation/<dialog>.txt``, ``dialog/transcriptions/<dialog>.txt``,
   ``sentences/wav/<dialog>/<utt>.wav``), so the IEMOCAP reader reads it unchanged;
 * 5 sessions x (one female + one male speaker), improvised and scripted dialogs, turns of the

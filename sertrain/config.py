@@ -1,6 +1,6 @@
 """Run configuration: one TOML file with ``[model]``, ``[loss]``, ``[train]`` and ``[data]``.
 
-Every number of the method (../shared/method.md) is a value here, never a constant in code.
+Every number of the method (docs/method.md) is a value here, never a constant in code.
 Two named presets ship in ``sertrain/configs/``:
 
 - ``paper``: ACRNN-sized (first conv 5x3 with 128 maps, max-pool 2x4, five 5x3 convs with

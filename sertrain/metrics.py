@@ -1,6 +1,6 @@
 """Utterance-level classification metrics (numpy only; checked against scikit-learn in tests).
 
-Definitions (../shared/method.md):
+Definitions (docs/method.md):
 - WA: accuracy over utterances.
 - UA: mean of per-class recall over the classes present in the reference labels (what
   ``sklearn.metrics.balanced_accuracy_score`` computes).

@@ -1,6 +1,6 @@
 """Training: one fold (:func:`train_fold`) and cross-validation (:func:`run_cv`).
 
-Protocol (../shared/method.md): train on the fold's balanced index, pick the epoch with the
+Protocol (docs/method.md): train on the fold's balanced index, pick the epoch with the
 best utterance-level validation UA (early stopping after ``patience`` epochs without
 improvement), report test metrics of that best checkpoint.
 

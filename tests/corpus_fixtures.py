@@ -1,6 +1,6 @@
 """Tiny on-the-fly copies of IEMOCAP and MSP-IMPROV for tests.
 
-The trees reproduce the on-disk layouts of ``/work/shared/corpora.md`` exactly: folder and
+The trees reproduce the on-disk layouts of ``docs/corpora.md`` exactly: folder and
 file names, label-file syntax (tabs, ``dom  2`` with two spaces, missing dominance, the space
 before ``;`` after the MSP D value, ``NaN`` values, varying decimals), whole-dialog stereo wavs,
 AppleDouble ``._*`` litter, non-wav entries, per-rater label files that must be ignored, and

@@ -1,6 +1,6 @@
 """The synthetic IEMOCAP-shaped demo corpus (serprep.demo).
 
-(1) layout and label syntax exactly as /work/shared/corpora.md describes IEMOCAP_full_release;
+(1) layout and label syntax exactly as docs/corpora.md describes IEMOCAP_full_release;
 (2) the same seed gives the same bytes;
 (3) no single cue (utterance energy, utterance f0) separates the 4 merged classes: best
     single-feature classifier UA < 0.60 (leave one session out);
