@@ -424,11 +424,10 @@ def _build_locked(opts: BuildOptions, spec: CorpusSpec, root: Path, out: Path,
     with contextlib.ExitStack() as stack:
         runner = stack.enter_context(BlockRunner(backend, jobs, opts.task_timeout if jobs > 1 else None,
                                                  process_initializer=prepare_worker_process))
-        # Worker start-up (processes) or the FFT import (threads) overlaps reading the corpus.
-        warm = runner.submit_to_all(warm_up, bool(opts.augment)) if backend == "processes" else []
         background = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="serprep-headers"))
-        if backend != "processes":
-            warm = [background.submit(warm_up_extractor, extract)]
+        # Worker start-up (processes) or the FFT import (this process) overlaps reading the corpus.
+        warm = (runner.submit_to_all(warm_up, bool(opts.augment)) if runner.kind == "processes"
+                else [background.submit(warm_up_extractor, extract)])
 
         listing = read_corpus(opts.corpus, root)
         skipped_labels = _label_issues(listing, root, opts.strict)

@@ -73,8 +73,8 @@ class BlockRunner:
                                                    initializer=process_initializer, initargs=(os.getpid(),))
 
     def submit_to_all(self, fn: Callable[..., Any], *args: Any) -> list[Future]:
-        """Run ``fn(*args)`` once per worker (process warm-up); nothing inline."""
-        if self._executor is None or self.kind != "processes":
+        """Run ``fn(*args)`` once per worker (process warm-up); nothing without workers."""
+        if self._executor is None:
             return []
         return [self._executor.submit(fn, *args) for _ in range(self.jobs)]
 

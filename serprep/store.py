@@ -614,9 +614,13 @@ class StoreReader:
         """The file again, after checking it is the one checked at open."""
         self.check_identity()
         with _open_store(self.path) as f:
-            if _plain(f.attrs.get("attrs_sha256", "")) != self.content_sha256:
-                raise StoreError(f"{self.path}: the store changed since it was opened (content id differs)")
+            self._check_content_id(f)
             yield f
+
+    def _check_content_id(self, f: h5py.File) -> None:
+        """Refuse a re-opened file whose content id is not the one checked at open."""
+        if _plain(f.attrs.get("attrs_sha256", "")) != self.content_sha256:
+            raise StoreError(f"{self.path}: the store changed since it was opened (content id differs)")
 
     def _verified(self, f: h5py.File, name: str) -> np.ndarray:
         """A dataset's values, checked against the checksum recorded for it."""
@@ -730,13 +734,14 @@ class StoreReader:
     # -- data -------------------------------------------------------------------------------
     def _features(self) -> h5py.Dataset:
         if self._handle is None or self._pid != os.getpid():
-            # A handle inherited through fork is never used: open a fresh one in this process,
-            # after checking that the path still names the file checked at open.
-            self.check_identity()
+            # A handle inherited through fork is never used: open a fresh one in this process
+            # (read_segments, the only caller, has just checked the file's identity).
             handle = _open_h5(self.path, rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_nslots=CHUNK_CACHE_SLOTS)
-            if _plain(handle.attrs.get("attrs_sha256", "")) != self.content_sha256:
+            try:
+                self._check_content_id(handle)
+            except StoreError:
                 handle.close()
-                raise StoreError(f"{self.path}: the store changed since it was opened (content id differs)")
+                raise
             self._handle, self._pid = handle, os.getpid()
         return self._handle["features"]
 

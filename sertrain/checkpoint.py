@@ -374,7 +374,7 @@ def checkpoint_from_payload(payload: Any, where: str) -> Checkpoint:
     except InputError as exc:
         raise bad(f"config: {exc}") from None
     except (RuntimeError, ValueError, TypeError) as exc:
-        raise bad(f"config does not describe a model that can be built ({_first_line(exc)})") from None
+        raise bad(f"config does not describe a model that can be built ({first_line(exc)})") from None
     problem = state_mismatch(state, reference.state_dict())
     if problem:
         raise bad(
@@ -460,7 +460,8 @@ def _dtype(t: torch.Tensor) -> str:
     return str(t.dtype).replace("torch.", "")
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's text (at most 200 characters), for one-line errors."""
     return ((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:200]
 
 
@@ -550,7 +551,7 @@ def _check_config(data: Any, where: str, bad: Any) -> Config:
     except InputError:
         raise
     except (TypeError, ValueError) as exc:
-        raise bad(f"config: {_first_line(exc)}") from None
+        raise bad(f"config: {first_line(exc)}") from None
 
 
 def _check_optimizer_state(opt: Any, n_params: int, bad: Any) -> None:

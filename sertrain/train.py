@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from .checkpoint import (
     Checkpoint,
     capture_rng_state,
+    first_line,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
@@ -323,10 +324,9 @@ def _train_fold(
             if resumed.scaler_state:
                 scaler.load_state_dict(resumed.scaler_state)
         except (ValueError, KeyError, TypeError, RuntimeError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise InputError(
                 f"{out / 'last.pt'}: invalid checkpoint: its optimizer state does not fit this run's "
-                f"{t.optimizer} optimizer ({first})"
+                f"{t.optimizer} optimizer ({first_line(exc)})"
             ) from None
         start_epoch, best_epoch, best_ua = resumed.epoch, resumed.best_epoch, resumed.best_metric
         history = list(resumed.history)
