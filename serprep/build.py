@@ -33,7 +33,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
@@ -51,6 +51,9 @@ from .labels import CorpusSpec, load_spec
 from .output import OutputLock, remove_stale_temps
 from .segments import segment_offsets
 from .store import FAILURE_COLUMNS, SEGMENT_DTYPES, WARNING_COLUMNS, Fold, StoreWriter
+
+if TYPE_CHECKING:
+    from .protocol import Protocol
 
 GENDERS = ("F", "M")
 
@@ -78,6 +81,10 @@ class BuildOptions:
     progress: bool = True
     task_timeout: float = 900.0
     block_seconds: float = 60.0
+    #: The evaluation protocol these options build (``serprep build --protocol``), recorded
+    #: in the store; the options must then be the protocol's (``Protocol.build_options()``),
+    #: which :func:`check_options` enforces so a store never names a protocol it does not fit.
+    protocol: Protocol | None = None
 
 
 @dataclass
@@ -110,6 +117,8 @@ def check_options(opts: BuildOptions, spec: CorpusSpec) -> tuple[Path, Path]:
     root, out = Path(opts.root), Path(opts.out)
     if not root.is_dir():
         raise CorpusLayoutError(f"{root}: corpus root is not a directory")
+    if opts.protocol is not None:
+        opts.protocol.check_build_options(opts, spec)
     check_feature_config(opts.features)
     seg = opts.segments
     if seg.frames <= 0 or not 0 < seg.min_hop <= seg.hop <= seg.frames:
@@ -632,6 +641,9 @@ def _write_attrs(writer: StoreWriter, opts: BuildOptions, spec: CorpusSpec, plan
         "max_copies": opts.max_copies,
         "seed": opts.seed,
         "fold_notes": plan.fold_notes,
+        # name, version and SHA-256 of the protocol file identify it; None = built without one.
+        "protocol": None if opts.protocol is None else {
+            **opts.protocol.record(), "title": opts.protocol.title, "built_in": opts.protocol.built_in},
     }
     writer.set_attrs(
         corpus=opts.corpus,

@@ -13,6 +13,7 @@ from . import __version__
 from .config import FeatureConfig, SegmentConfig
 from .clickutil import OneLineErrorGroup
 from .errors import SerprepError
+from .protocol import protocol_names
 
 CORPUS_NAMES = ("iemocap", "msp-improv")
 
@@ -58,16 +59,23 @@ def main() -> None:
 @click.argument("corpus", type=click.Choice(CORPUS_NAMES))
 @click.option("--root", required=True, type=click.Path(path_type=Path), help="Corpus root (e.g. IEMOCAP_full_release/).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Store file to write (.h5).")
-@click.option("--classes", default=None, help="Class set from manifests/<corpus>.toml (default: the manifest's default, e.g. 4class-merged).")
+@click.option("--protocol", "protocol_ref", default=None, metavar="NAME|FILE",
+              help="Build the store of an evaluation protocol (built-in: " + ", ".join(protocol_names())
+                   + "; or a protocol .toml file; docs/protocols.md): it sets --classes, --subset, --n-mels, "
+                   "--segment-frames, --segment-hop, --augment and --balance, refuses any of them given "
+                   "with another value, and is recorded in the store.")
+@click.option("--classes", default=None, help="Class set from manifests/<corpus>.toml (default: the manifest's default, e.g. 4class-merged; set by --protocol).")
 @click.option("--subset", default=None,
               help="Utterance subset from manifests/<corpus>.toml (IEMOCAP: all, improvised, scripted; "
-                   "MSP-IMPROV: all, improvised, read, natural, target, acted).")
-@click.option("--n-mels", default=40, show_default=True, type=int, help="Mel bands.")
-@click.option("--segment-frames", default=300, show_default=True, type=int, help="Frames per segment.")
-@click.option("--segment-hop", default=150, show_default=True, type=int, help="Segment hop in frames.")
-@click.option("--augment", default=None, help="Augmentation preset name (manifests/augment/NAME.toml) or file.")
+                   "MSP-IMPROV: all, improvised, read, natural, target, acted; set by --protocol).")
+@click.option("--n-mels", default=40, show_default=True, type=int, help="Mel bands (set by --protocol).")
+@click.option("--segment-frames", default=300, show_default=True, type=int, help="Frames per segment (set by --protocol).")
+@click.option("--segment-hop", default=150, show_default=True, type=int, help="Segment hop in frames (set by --protocol).")
+@click.option("--augment", default=None, help="Augmentation preset name (manifests/augment/NAME.toml) or file (set by --protocol).")
 @click.option("--copies", default=1, show_default=True, type=int, help="Augmented copies per utterance when augmenting without --balance.")
-@click.option("--balance/--no-balance", default=False, show_default=True, help="Balance emotion classes in training data (denser hop + augmented copies for minority classes).")
+@click.option("--balance/--no-balance", default=False, show_default=True,
+              help="Balance emotion classes in training data: denser training-only windows for minority "
+                   "classes, plus augmented copies when --augment is given (set by --protocol).")
 @click.option("--max-copies", default=4, show_default=True, type=int, help="Most augmented copies per utterance when balancing.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for augmentation and sampling indices.")
 @click.option("--jobs", "-j", default=-1, show_default=True, type=int, help="Extraction workers (-1 or 0 = all cores).")
@@ -79,22 +87,38 @@ def main() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--task-timeout", default=900.0, show_default=True, type=float, help="Seconds a worker may spend on one block.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def build(corpus, root, out, classes, subset, n_mels, segment_frames, segment_hop, augment, copies, balance,
-          max_copies, seed, jobs, backend, strict, overwrite, task_timeout, quiet) -> None:
+def build(corpus, root, out, protocol_ref, classes, subset, n_mels, segment_frames, segment_hop, augment, copies,
+          balance, max_copies, seed, jobs, backend, strict, overwrite, task_timeout, quiet) -> None:
     """Build a feature store from a corpus directory.
 
     \b
     serprep build iemocap --root /data/IEMOCAP_full_release --out feats.h5
     serprep build msp-improv --root /data/MSP-IMPROV --out msp.h5 --augment default --balance
+    serprep build iemocap --root /data/IEMOCAP_full_release --protocol acrnn --out feats-acrnn.h5
     """
     from .build import BuildOptions, build_store
 
+    protocol = None
+    if protocol_ref:
+        from .protocol import BUILD_FLAGS, load_protocol
+
+        protocol = load_protocol(protocol_ref)
+        ctx = click.get_current_context()
+        values = {"classes": classes, "subset": subset, "n_mels": n_mels, "segment_frames": segment_frames,
+                  "segment_hop": segment_hop, "augment": augment, "balance": balance}
+        # Only options the user typed can conflict with the protocol; defaults give way to it.
+        given = {key: values[key] for key in BUILD_FLAGS
+                 if ctx.get_parameter_source(key) not in (None, click.core.ParameterSource.DEFAULT)}
+        settings = protocol.build_settings(corpus, given, out=str(out))
+        classes, subset, n_mels = settings["classes"], settings["subset"], settings["n_mels"]
+        segment_frames, segment_hop = settings["segment_frames"], settings["segment_hop"]
+        augment, balance = settings["augment"], settings["balance"]
     opts = BuildOptions(
         corpus=corpus, root=root, out=out, classes=classes, subset=subset,
         features=FeatureConfig(n_mels=n_mels),
         segments=SegmentConfig(frames=segment_frames, hop=segment_hop, min_hop=max(1, min(50, segment_hop))),
         augment=augment, copies=copies, balance=balance, max_copies=max_copies, seed=seed, jobs=jobs, backend=backend,
-        strict=strict, overwrite=overwrite, progress=not quiet, task_timeout=task_timeout,
+        strict=strict, overwrite=overwrite, progress=not quiet, task_timeout=task_timeout, protocol=protocol,
     )
     s = build_store(opts, log=lambda m: click.echo(m, err=True))
     click.echo(
@@ -115,6 +139,8 @@ def build(corpus, root, out, classes, subset, n_mels, segment_frames, segment_ho
         click.echo(f"  {where}: {message}")
     for note in s.fold_notes:
         click.echo(f"note: {note}")
+    if protocol is not None:
+        click.echo(f"protocol {protocol.name} {protocol.version} (sha256 {protocol.sha256[:16]}...) recorded in the store")
 
 
 @main.command()

@@ -52,6 +52,7 @@ def store_summary(path: str | Path) -> dict[str, Any]:
         "failures": r.failures().to_dict(orient="records"),
         "warnings": r.warnings().to_dict(orient="records"),
         "content_sha256": r.content_sha256,
+        "protocol_note": _protocol_note(build.get("protocol")),
         "folds": {},
     }
     for scheme in r.fold_schemes():
@@ -78,6 +79,8 @@ def format_summary(s: dict[str, Any]) -> str:
         f"  corpus        {s['corpus']} (fingerprint {s['corpus_fingerprint'][:16]}...)",
         f"  content       {s['content_sha256'][:16]}... (identifies this store; checkpoints record it)",
         f"  created       {s['created']} with serprep {s['versions'].get('serprep')}, librosa {s['versions'].get('librosa')}, h5py {s['versions'].get('h5py')}",
+        f"  protocol      {_protocol_text(b.get('protocol'))}",
+        *([f"                {s['protocol_note']}"] if s.get("protocol_note") else []),
         f"  labels        {b.get('classes')} / subset {b.get('subset')} (label manifest v{b.get('label_manifest_version')})",
         f"  features      log-Mel {fc['n_mels']} x 3 channels, {fc['sample_rate']} Hz, win {fc['win_length']} hop {fc['hop_length']} n_fft {fc['n_fft']}, pre-emphasis {fc['preemphasis']}",
         f"  segments      {s['segment_config']['frames']} frames, hop {s['segment_config']['hop']}"
@@ -107,3 +110,31 @@ def format_summary(s: dict[str, Any]) -> str:
     if b.get("fold_notes"):
         lines += [f"  note: {n}" for n in b["fold_notes"]]
     return "\n".join(lines)
+
+
+def _protocol_text(p: dict[str, Any] | None) -> str:
+    """``acrnn 1.0 (sha256 0123456789abcdef...): ACRNN (...)``, or how the store was built without one."""
+    if not p:
+        return "none (built without --protocol)"
+    where = "" if p.get("built_in", True) else ", from a file"
+    return f"{p['name']} {p['version']} (sha256 {p['sha256'][:16]}...{where}): {p.get('title', '')}"
+
+
+def _protocol_note(p: dict[str, Any] | None) -> str | None:
+    """A note when the built-in protocol of that name is no longer the file the store was
+    built for (serprep shipped a new version since): results would name another protocol."""
+    if not p or not p.get("built_in", True):
+        return None
+    from .errors import SerprepError
+    from .protocol import load_protocol, protocol_names
+
+    if p["name"] not in protocol_names():
+        return f"note: this serprep has no built-in protocol {p['name']}"
+    try:
+        current = load_protocol(p["name"])
+    except SerprepError:
+        return None  # a broken bundled file is reported where it is loaded, not here
+    if current.sha256 == p["sha256"]:
+        return None
+    return (f"note: this serprep's {current.name} is {current.version} (sha256 {current.sha256[:16]}...), "
+            "not the file this store was built with")
