@@ -26,7 +26,10 @@ does not check its members, and without it a flipped byte in the weights loaded 
 
 Format versions: 1 (sertrain 0.1.0) lacked the store's content id; such a checkpoint cannot
 be checked against the store it came from (and may come from a run resumed into another
-fold, which version 1 did not notice), so it is refused rather than trusted.
+fold, which version 1 did not notice), so it is refused rather than trusted. 2 (sertrain
+0.2.0) had no model-selection rule: it is read as what it was, a run selected by best
+validation UA (``train.selection = "val_ua"``, ``selected_epochs = [best_epoch]``, no
+kept selection states).
 """
 
 from __future__ import annotations
@@ -53,7 +56,10 @@ from .model import InputSpec, SERModel, build_model
 
 FORMAT = "sertrain-checkpoint"
 #: 2: adds ``store_content_sha256`` and ``content_sha256``; every field is validated on load.
-FORMAT_VERSION = 2
+#: 3: adds ``train.selection``, ``selected_epochs`` and ``selection_states``.
+FORMAT_VERSION = 3
+#: The oldest format still read (with the upgrade rule in :func:`_upgrade`).
+OLDEST_READ = 2
 
 #: The run config's sections and the dataclass that defines each one's keys and types.
 _CONFIG_SECTIONS: dict[str, type] = {
@@ -83,9 +89,14 @@ class Checkpoint:
     norm_std: torch.Tensor
     epoch: int = 0  # epochs completed
     best_epoch: int = 0
-    best_metric: float = float("-inf")  # validation UA of best_epoch
+    best_metric: float = float("-inf")  # the selection rule's score of the selected model
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: Epochs whose weights the selected model (best.pt) holds: one, or several averaged.
+    selected_epochs: list[int] = field(default_factory=list)
     # Resume state (only in last.pt; None in best.pt).
+    #: Weights of the epochs the selection rule may still use ({epoch: state}), when it
+    #: averages several epochs; None otherwise.
+    selection_states: dict[int, dict[str, torch.Tensor]] | None = None
     optimizer_state: dict[str, Any] | None = None
     scaler_state: dict[str, Any] | None = None
     rng_state: dict[str, Any] | None = None
@@ -287,16 +298,18 @@ def checkpoint_from_payload(payload: Any, where: str) -> Checkpoint:
             f"{where}: checkpoint format version {version} is newer than this sertrain reads "
             f"({FORMAT_VERSION}); upgrade sertrain"
         )
-    if version != FORMAT_VERSION or not _is_int(version):
+    if not _is_int(version) or version < OLDEST_READ:
         raise InputError(
-            f"{where}: checkpoint format version {version!r} is not supported (this sertrain reads {FORMAT_VERSION})"
+            f"{where}: checkpoint format version {version!r} is not supported (this sertrain reads "
+            f"{OLDEST_READ}..{FORMAT_VERSION})"
         )
 
     def bad(message: str) -> InputError:
         return InputError(f"{where}: invalid checkpoint: {message}")
 
     fields = {f.name: f for f in dataclasses.fields(Checkpoint)}
-    data = {k: v for k, v in payload.items() if k not in ("format", "format_version", "content_sha256")}
+    data = _upgrade({k: v for k, v in payload.items() if k not in ("format", "format_version", "content_sha256")},
+                    version)
     if not isinstance(payload.get("content_sha256"), str):
         raise bad("missing content_sha256 (the checksum of its content)")
     missing = [k for k in fields if k not in data]
@@ -394,6 +407,20 @@ def checkpoint_from_payload(payload: Any, where: str) -> Checkpoint:
     if epochs != list(range(1, data["epoch"] + 1)):
         raise bad(f"history lists epochs {_short(epochs)} but the checkpoint is after epoch {data['epoch']}")
 
+    # Selection: the epochs of the selected model, and the weights kept to select later.
+    selected = data["selected_epochs"]
+    if not isinstance(selected, list) or not all(_is_int(e) and 1 <= e <= data["epoch"] for e in selected) \
+            or len(set(selected)) != len(selected):
+        raise bad(f"selected_epochs is {_show(selected)}; expected distinct epochs in 1..{data['epoch']}")
+    kept = data["selection_states"]
+    if kept is not None:
+        if not isinstance(kept, dict) or not all(_is_int(e) and 1 <= e <= data["epoch"] for e in kept):
+            raise bad(f"selection_states is {_show(kept)}; expected {{epoch: state dict}} of epochs in 1..{data['epoch']}")
+        for e, kept_state in kept.items():
+            problem = state_mismatch(kept_state, reference.state_dict()) if isinstance(kept_state, dict) else "not a dict"
+            if problem:
+                raise bad(f"selection_states[{e}] does not fit the architecture in its config ({problem})")
+
     # Resume state (last.pt); None in best.pt.
     n_params = len(list(reference.parameters()))
     _check_optimizer_state(data["optimizer_state"], n_params, bad)
@@ -409,6 +436,24 @@ def checkpoint_from_payload(payload: Any, where: str) -> Checkpoint:
     if payload_digest(payload) != payload["content_sha256"]:
         raise InputError(f"{where}: damaged or modified checkpoint: its content does not match its checksum")
     return Checkpoint(**data)
+
+
+def _upgrade(data: dict[str, Any], version: int) -> dict[str, Any]:
+    """The fields of an older format as this format states them (the file is not changed;
+    its checksum is checked over what it holds)."""
+    if version >= 3:
+        return data
+    # Format 2 had one selection rule: the epoch with the best validation UA.
+    data = dict(data)
+    config = data.get("config")
+    if isinstance(config, dict) and isinstance(config.get("train"), dict):
+        config = {**config, "train": {**config["train"]}}
+        config["train"].setdefault("selection", "val_ua")
+        data["config"] = config
+    if _is_int(data.get("best_epoch")):
+        data.setdefault("selected_epochs", [data["best_epoch"]] if data["best_epoch"] >= 1 else [])
+    data.setdefault("selection_states", None)
+    return data
 
 
 def state_mismatch(state: dict[str, Any], reference: dict[str, torch.Tensor]) -> str | None:

@@ -36,6 +36,9 @@ _CONFIG_OPTIONS: list[tuple[str, str, Any, str]] = [
      "Mixed precision on CUDA (ignored on CPU) [train.amp]."),
     ("--aggregate", "train.aggregate", click.Choice(["mean", "max"]),
      "Utterance decision from segment posteriors [train.aggregate]."),
+    ("--selection", "train.selection", click.Choice(["val_ua", "val_loss", "val_ua_smooth3", "top3_average"]),
+     "Model selection on the validation speakers: best UA, lowest loss, best 3-epoch mean UA, or the "
+     "average weights of the 3 best-UA epochs [train.selection]."),
     ("--w-gender", "loss.w_gender", float, "Weight of the gender loss [loss.w_gender]."),
     ("--w-speaker", "loss.w_speaker", float, "Weight of the speaker loss [loss.w_speaker]."),
     ("--scheme", "data.scheme", str, "Fold scheme of the store, e.g. loso, loso-speaker [data.scheme]."),
@@ -122,8 +125,12 @@ def _first_line(message: str) -> str:
     return lines[0]
 
 
-def _resolve(kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any], Any]:
-    """(config, explicit overrides, torch device) from the parsed options."""
+def _resolve(kwargs: dict[str, Any], protocol: Any = None) -> tuple[Any, dict[str, Any], Any]:
+    """(config, explicit overrides, torch device) from the parsed options.
+
+    Under a ``protocol`` the config is the protocol's (its preset unless --config names
+    another, its [run.set] values and fold scheme) with the explicit options on top, and the
+    protocol's values count as requests (a resume compares them with the run's)."""
     import torch
 
     from .config import apply_overrides, default_config_name, load_config, parse_value
@@ -142,6 +149,11 @@ def _resolve(kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any], Any]:
             raise InputError(f"--set expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         overrides[key.strip()] = parse_value(value.strip())
+    if protocol is not None:
+        from .protocols import protocol_overrides, run_config
+
+        cfg = run_config(protocol, kwargs["config_name"], overrides)
+        return cfg, {**protocol_overrides(protocol), **overrides}, device
     cfg = load_config(kwargs["config_name"] or default_config_name(device.type))
     if kwargs.get("resume") and kwargs["config_name"]:
         # On --resume the run's own config is used; an explicit --config is a request like
@@ -191,36 +203,93 @@ def main() -> None:
 
     \b
       sertrain cv feats.h5 --out runs/iemocap          # all folds, mean ± std table
+      sertrain cv feats.h5 --protocol iemocap-5531 --out runs/p   # a published protocol
+      sertrain compare runs/A runs/B                   # paired difference, CI, p-value
+      sertrain report runs/iemocap                     # self-contained HTML
       sertrain train feats.h5 --fold 3 --out runs/f3   # one fold
       sertrain evaluate runs/f3/best.pt feats.h5 --fold 3
       sertrain predict runs/f3/best.pt some.wav other.wav
     """
 
 
+_TENSORBOARD_OPTION = click.option(
+    "--tensorboard", "tensorboard", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+    help="Log losses and validation metrics of every epoch for TensorBoard (tensorboard --logdir DIR).")
+
+
 @main.command()
 @click.argument("store", type=click.Path(path_type=Path))  # a directory: one error line, from the reader
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder (fold_<k>/ per fold; <aux>/fold_<k>/ for an --aux grid).")
+              help="Output folder (fold_<k>/ per fold, fold_<k>/seed_<s>/ with several seeds; "
+                   "<aux>/... for an --aux grid).")
+@click.option("--protocol", "protocol_name", metavar="NAME|FILE", default=None,
+              help="Run a named protocol (acrnn, iemocap-5531, msp-improv-6, liu2023, or a TOML file): its "
+                   "config, seeds and fold scheme; the store must have been built for it. Options given on top "
+                   "are recorded as deviations.")
+@click.option("--seeds", "n_seeds", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Train every fold N times with seeds --seed .. --seed+N-1 (default 1; under --protocol "
+                   "its seeds).")
 @click.option("--folds", "folds_text", metavar="LIST", default=None,
               help="Comma list of fold numbers to run (default: all folds of the scheme).")
 @click.option("--aux", "aux_text", metavar="LIST", default=None,
               help="Auxiliary tasks: none, gender, speaker, gender+speaker, or a comma list for an "
                    "ablation grid with one comparison table [loss.aux].")
+@click.option("--bootstrap", "n_resamples", type=click.IntRange(min=1000), default=1000, show_default=True,
+              metavar="N", help="Bootstrap resamples of the confidence intervals (seeded).")
+@_TENSORBOARD_OPTION
+@click.option("--no-report", is_flag=True, help="Do not write report.html.")
 @_config_options
 @_handle_errors
-def cv(store: Path, out_dir: Path, folds_text: str | None, aux_text: str | None, **kwargs: Any) -> None:
-    """Cross-validate: train every fold, test each best-validation checkpoint.
+def cv(store: Path, out_dir: Path, protocol_name: str | None, n_seeds: int | None, folds_text: str | None,
+       aux_text: str | None, n_resamples: int, tensorboard: Path | None, no_report: bool, **kwargs: Any) -> None:
+    """Cross-validate: train every fold (× seed), test each selected checkpoint.
 
-    Prints a table per fold with mean ± std (WA, UA, macro-F1, UA by gender) and writes
-    metrics.json, predictions.csv, confusion.png, curves.png and table.txt to OUT; with several
-    --aux settings also comparison.md / comparison.json.
+    Prints the per-fold table (mean ± sample std over seeds), the summary over all runs, the
+    pooled metrics and 95 % bootstrap intervals over test utterances and test speakers, and
+    writes metrics.json, predictions.csv, table.txt, confusion.png, curves.png and report.html
+    to OUT; with several --aux settings also comparison.md / comparison.json with the paired
+    difference of each setting to none.
     """
-    from .train import run_cv
+    from .protocols import deviation_text, deviations, provenance, seeds_for
+    from .cv import run_cv
 
-    cfg, overrides, device = _resolve(kwargs)
-    run_cv(_open_for_run(store, kwargs["verify"]), cfg, out_dir, folds=_parse_folds(folds_text),
-           aux_settings=_parse_aux(aux_text), device=str(device), resume=kwargs["resume"], overrides=overrides,
-           log=_logger(kwargs["quiet"]), report=lambda m: click.echo(m))
+    protocol = _load_protocol(protocol_name)
+    cfg, overrides, device = _resolve(kwargs, protocol)
+    folds = _parse_folds(folds_text)
+    aux_settings = _parse_aux(aux_text)
+    seeds = seeds_for(protocol, n_seeds, cfg.train.seed)
+    source = _check_protocol_store(_open_for_run(store, kwargs["verify"]), store, protocol,
+                                   _logger(kwargs["quiet"]))
+    devs = deviations(protocol, cfg, seeds, aux_settings, folds) if protocol is not None else []
+    if devs:
+        click.echo(f"note: this run deviates from protocol {protocol.name}: {deviation_text(devs, list(overrides))} "
+                   "(recorded in every result file)", err=True)
+    run_cv(source, cfg, out_dir, folds=folds, aux_settings=aux_settings, seeds=seeds,
+           provenance=provenance(protocol, devs), device=str(device), resume=kwargs["resume"], overrides=overrides,
+           log=_logger(kwargs["quiet"]), report=lambda m: click.echo(m), tensorboard=tensorboard,
+           n_resamples=n_resamples, html=not no_report)
+
+
+def _load_protocol(name: str | None) -> Any:
+    if not name:
+        return None
+    from serprep.protocol import load_protocol
+
+    return load_protocol(name)
+
+
+def _check_protocol_store(source: Any, store: Path, protocol: Any, log: Callable[[str], None]) -> Any:
+    """Refuse a store not built for ``protocol`` (one line with the build command that fits);
+    without a protocol, note a store that was built for one. Returns the open reader."""
+    from .data import open_store
+
+    reader = source if not isinstance(source, (str, Path)) else open_store(source)
+    built_for = (reader.build.get("protocol") or {}).get("name")
+    if protocol is not None:
+        protocol.check_store(reader, str(store))
+    elif built_for:
+        log(f"note: {store} was built for protocol {built_for}; `--protocol {built_for}` runs it as published")
+    return reader
 
 
 @main.command()
@@ -230,12 +299,13 @@ def cv(store: Path, out_dir: Path, folds_text: str | None, aux_text: str | None,
               help="Output folder: best.pt, last.pt, metrics.json, predictions.csv, plots.")
 @click.option("--aux", type=click.Choice(["none", "gender", "speaker", "gender+speaker"]), default=None,
               help="Active auxiliary tasks [loss.aux].")
+@_TENSORBOARD_OPTION
 @_config_options
 @_handle_errors
-def train(store: Path, fold: int, out_dir: Path, aux: str | None, **kwargs: Any) -> None:
+def train(store: Path, fold: int, out_dir: Path, aux: str | None, tensorboard: Path | None, **kwargs: Any) -> None:
     """Train one fold, keep the best checkpoint by validation UA, and test it."""
     from .config import apply_overrides
-    from .report import fold_table
+    from .report import run_table
     from .train import train_fold
 
     cfg, overrides, device = _resolve(kwargs)
@@ -243,8 +313,9 @@ def train(store: Path, fold: int, out_dir: Path, aux: str | None, **kwargs: Any)
         overrides["loss.aux"] = aux
         cfg = apply_overrides(cfg, {"loss.aux": aux})
     result = train_fold(_open_for_run(store, kwargs["verify"]), fold, cfg, out_dir, device=str(device),
-                        resume=kwargs["resume"], overrides=overrides, log=_logger(kwargs["quiet"]))
-    click.echo(fold_table([result.row()], summary=False))
+                        resume=kwargs["resume"], overrides=overrides, log=_logger(kwargs["quiet"]),
+                        tensorboard=tensorboard)
+    click.echo(run_table([result.row()]))
     click.echo(f"wrote {out_dir / 'best.pt'} and reports in {out_dir}")
 
 
@@ -306,6 +377,71 @@ def evaluate(checkpoint: Path, store: Path, fold: int | None, scheme: str | None
     click.echo(" " * width + "".join(c.rjust(width + 1) for c in classes))
     for c, row in zip(classes, m["confusion"]):
         click.echo(c.ljust(width) + "".join(str(v).rjust(width + 1) for v in row))
+
+
+@main.command()
+@click.argument("run_a", type=click.Path(path_type=Path))
+@click.argument("run_b", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write compare_<A>_vs_<B>.json here (e.g. into RUN_A, where `sertrain report` shows it).")
+@click.option("--bootstrap", "n_resamples", type=click.IntRange(min=1000), default=1000, show_default=True,
+              metavar="N", help="Paired bootstrap resamples.")
+@click.option("--permutations", "n_permutations", type=click.IntRange(min=1000), default=10000, show_default=True,
+              metavar="N", help="Permutations of the paired test.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the resampling.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_handle_errors
+def compare(run_a: Path, run_b: Path, out_dir: Path | None, n_resamples: int, n_permutations: int, seed: int,
+            as_json: bool) -> None:
+    """Paired comparison of two cv runs on the same store, folds, protocol, seeds and utterances.
+
+    Prints A, B and A - B for the pooled WA, UA, macro-F1 and the female-minus-male UA gap,
+    with 95 % paired bootstrap intervals and paired permutation p-values, over test
+    utterances and over test speakers. Runs that did not test the same utterances the same
+    way are refused.
+    """
+    from .compare import paired_difference
+    from .evaluate import clean_json
+    from .report import compare_table
+
+    result = paired_difference(run_a, run_b, n_resamples=n_resamples, n_permutations=n_permutations, seed=seed)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        name = f"compare_{_slug(run_a)}_vs_{_slug(run_b)}.json"
+        (out_dir / name).write_text(json.dumps(clean_json(result), indent=2) + "\n")
+    if as_json:
+        click.echo(json.dumps(clean_json(result), indent=2))
+        return
+    click.echo(f"A: {run_a}  ({result['a']['title']})")
+    click.echo(f"B: {run_b}  ({result['b']['title']})")
+    click.echo(f"{result['n_utterances']} test utterances of {result['n_speakers']} speakers, "
+               f"{len(result['folds'])} folds × {len(result['seeds'])} seeds; pooled metrics (%), runs averaged")
+    click.echo(compare_table(result))
+    click.echo(f"paired percentile bootstrap ({n_resamples} resamples, seed {seed}) and paired permutation test "
+               f"({n_permutations} permutations, two-sided); speakers: whole speakers resampled / swapped")
+
+
+def _slug(path: Path) -> str:
+    """A file-name-safe label of a run folder (its last two path parts)."""
+    parts = [p for p in Path(path).resolve().parts[-2:] if p not in ("/", "")]
+    return "-".join("".join(c if c.isalnum() or c in "-_." else "_" for c in p) for p in parts)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="HTML file to write (default: RUN_DIR/report.html).")
+@_handle_errors
+def report(run_dir: Path, out_file: Path | None) -> None:
+    """Write one self-contained HTML report of a cv run (no network; images inline).
+
+    Protocol and store provenance, per-fold and summary tables with intervals, confusion
+    matrices, per-gender recall, learning curves, and the ablation / compare tables present
+    in RUN_DIR. `sertrain cv` writes it at the end of every run.
+    """
+    from .html_report import write_html_report
+
+    click.echo(f"wrote {write_html_report(run_dir, out_file)}")
 
 
 @main.command()

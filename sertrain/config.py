@@ -108,6 +108,9 @@ class TrainConfig:
     amp: str = "auto"
     #: Utterance decision from segment posteriors: mean (default) or max (ACRNN).
     aggregate: str = "mean"
+    #: Model selection on the validation speakers (sertrain.selection.RULES): which epoch(s)
+    #: make the tested model, and what early stopping waits for.
+    selection: str = "val_ua"
 
 
 @dataclass
@@ -191,6 +194,10 @@ class Config:
             raise InputError(f"{source}: train.amp must be auto, bf16, fp16 or off, got {t.amp!r}")
         if t.aggregate not in ("mean", "max"):
             raise InputError(f"{source}: train.aggregate must be mean or max, got {t.aggregate!r}")
+        from .selection import RULES
+
+        if t.selection not in RULES:
+            raise InputError(f"{source}: train.selection must be one of {', '.join(RULES)}, got {t.selection!r}")
 
 
 def preset_names() -> list[str]:

@@ -100,14 +100,5 @@ def classification_metrics(
     return out
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and population standard deviation (ddof=0) ignoring NaNs; NaN if none."""
-    arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
-    arr = arr[~np.isnan(arr)]
-    if arr.size == 0:
-        return float("nan"), float("nan")
-    return float(arr.mean()), float(arr.std())
-
-
 def _none_if_nan(x: float) -> float | None:
     return None if np.isnan(x) else float(x)

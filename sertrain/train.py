@@ -1,4 +1,4 @@
-"""Training: one fold (:func:`train_fold`) and cross-validation (:func:`run_cv`).
+"""Training one fold (:func:`train_fold`); cross-validation over folds × seeds is :mod:`sertrain.cv`.
 
 Protocol (docs/method.md): train on the fold's balanced index, pick the epoch with the
 best utterance-level validation UA (early stopping after ``patience`` epochs without
@@ -47,7 +47,6 @@ from .data import (
     BalancedBatchSampler,
     SegmentBatchDataset,
     SegmentLabels,
-    fold_ids,
     make_loader,
     open_store,
     resolve_fold,
@@ -56,10 +55,12 @@ from .data import (
 from .errors import InputError, SertrainError
 from .evaluate import clean_json, evaluate_loader, evaluation_loader, write_reports
 from .model import InputSpec, SERModel, build_model, check_input_spec, count_parameters
-from .report import comparison_table, fold_table, summarize
 from .runtime import Precision, resolve_device, resolve_precision, seed_everything
+from .selection import Selection, get_rule, select, selection_state, should_stop
 
 Logger = Callable[[str], None]
+#: Called after each epoch with (epoch, model, history entry); see :func:`train_fold`.
+EpochHook = Callable[[int, torch.nn.Module, dict[str, Any]], None]
 
 #: Config keys ``--resume`` may change. They decide how long training goes on, how patient
 #: early stopping is, the step size (an explicit ``--lr`` on resume has always won, e.g. to
@@ -88,14 +89,19 @@ class FoldResult:
     test_speakers: list[str]
     history: list[dict[str, Any]] = field(default_factory=list)
     predictions: pd.DataFrame | None = None
+    seed: int = 0
+    #: Epochs whose weights the selected model holds (several for an averaging rule).
+    selected_epochs: list[int] = field(default_factory=list)
 
     def row(self) -> dict[str, Any]:
-        """JSON-ready summary (what cv's metrics.json lists per fold)."""
+        """JSON-ready summary (what cv's metrics.json lists per run)."""
         return {
             "fold": self.fold,
+            "seed": self.seed,
             "scheme": self.scheme,
             "test_speakers": self.test_speakers,
             "best_epoch": self.best_epoch,
+            "selected_epochs": self.selected_epochs or [self.best_epoch],
             "epochs_run": self.epochs_run,
             "test": self.test,
             "validation": self.validation,
@@ -172,6 +178,9 @@ def train_fold(
     resume: bool = False,
     overrides: dict[str, Any] | None = None,
     log: Logger | None = None,
+    epoch_hook: EpochHook | None = None,
+    tensorboard: str | Path | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> FoldResult:
     """Train and test one fold of ``cfg.data.scheme``; see the module docstring for outputs.
 
@@ -200,7 +209,8 @@ def train_fold(
 
     handle = _StoreHandle(store)
     try:
-        return _train_fold(handle, fold, cfg, out, resolve_device(device), resumed, log)
+        return _train_fold(handle, fold, cfg, out, resolve_device(device), resumed, log, epoch_hook,
+                           Path(tensorboard) if tensorboard else None, provenance or {})
     finally:
         handle.close()
 
@@ -289,6 +299,9 @@ def _train_fold(
     device: torch.device,
     resumed: Checkpoint | None,
     log: Logger,
+    epoch_hook: EpochHook | None = None,
+    tensorboard: Path | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> FoldResult:
     reader, name = handle.reader, handle.name
     t = cfg.train
@@ -313,7 +326,13 @@ def _train_fold(
     optimizer = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
 
-    start_epoch, best_epoch, best_ua, best_loss, history = 0, 0, float("-inf"), float("inf"), []
+    start_epoch, best_epoch, best_ua, history = 0, 0, float("-inf"), []
+    # The selected epochs, and the weights of those the rule may still use (sertrain.selection:
+    # keeping the current selection's weights is always enough). Only an averaging rule needs
+    # them after a resume; a single-epoch selection is already in best.pt.
+    selected: tuple[int, ...] = ()
+    kept: dict[int, dict[str, torch.Tensor]] = {}
+    averaging = getattr(get_rule(t.selection), "k", 1) > 1
     if resumed is not None:
         model.load_state_dict(resumed.model_state)  # shapes checked by load_checkpoint
         try:
@@ -330,13 +349,14 @@ def _train_fold(
             ) from None
         start_epoch, best_epoch, best_ua = resumed.epoch, resumed.best_epoch, resumed.best_metric
         history = list(resumed.history)
-        best_loss = next((h.get("val_loss") for h in history if h["epoch"] == best_epoch), None)
-        best_loss = float("inf") if best_loss is None else best_loss
+        selected = tuple(resumed.selected_epochs)
+        kept = dict(resumed.selection_states or {})
         restore_rng_state(resumed.rng_state)
 
-    def checkpoint(epoch: int, finished: bool, with_resume_state: bool) -> Checkpoint:
+    def checkpoint(epoch: int, finished: bool, with_resume_state: bool,
+                   state: dict[str, torch.Tensor] | None = None) -> Checkpoint:
         return Checkpoint(
-            model_state=_state_cpu(model),
+            model_state=state if state is not None else _state_cpu(model),
             config=cfg.to_dict(),
             emotion_classes=emotion_classes,
             gender_classes=gender_classes,
@@ -354,6 +374,8 @@ def _train_fold(
             best_epoch=best_epoch,
             best_metric=best_ua,
             history=history,
+            selected_epochs=list(selected),
+            selection_states=dict(kept) if with_resume_state and averaging else None,
             optimizer_state=optimizer.state_dict() if with_resume_state else None,
             scaler_state=scaler.state_dict() if with_resume_state else None,
             rng_state=capture_rng_state() if with_resume_state else None,
@@ -366,9 +388,9 @@ def _train_fold(
     sampler = BalancedBatchSampler(fold.balanced_index, t.batch_size, t.seed, t.steps_per_epoch)
     # A finished run is only re-tested, unless more epochs were asked for and early
     # stopping had not ended it (then training simply continues).
-    would_stop = bool(t.patience) and len(fold.validation_segments) > 0 and start_epoch - best_epoch >= t.patience
-    finished = resumed is not None and resumed.finished and (start_epoch >= t.epochs or would_stop)
     has_val = len(fold.validation_segments) > 0
+    would_stop = has_val and should_stop(t.selection, history, t.patience)
+    finished = resumed is not None and resumed.finished and (start_epoch >= t.epochs or would_stop)
     label = f"fold {k}"
     if not finished:
         log(
@@ -384,10 +406,11 @@ def _train_fold(
         val_loader = (
             evaluation_loader(dataset, fold.validation_segments, t.eval_batch_size, t.num_workers) if has_val else None
         )
+        board = _board(tensorboard)
         epoch = start_epoch
         for epoch in range(start_epoch + 1, t.epochs + 1):
-            if t.patience and has_val and epoch - 1 - best_epoch >= t.patience:
-                log(f"{label}: early stop: no better validation UA for {t.patience} epochs")
+            if has_val and should_stop(t.selection, history, t.patience):
+                log(f"{label}: early stop: selection ({t.selection}) unchanged for {t.patience} epochs")
                 break
             t0 = time.perf_counter()
             stats = _train_epoch(model, train_loader, sampler, epoch, optimizer, scaler, precision, device,
@@ -397,30 +420,35 @@ def _train_fold(
                 ev = evaluate_loader(model, val_loader, manifest, emotion_classes, device, t.aggregate, precision)
                 entry.update(val_loss=ev.metrics["segment_loss"], val_ua=ev.metrics["ua"], val_wa=ev.metrics["wa"],
                              val_f1=ev.metrics["macro_f1"])
-                # Ties in UA (common on a small validation split) go to the lower loss.
-                improved = (
-                    best_epoch == 0
-                    or ev.metrics["ua"] > best_ua
-                    or (ev.metrics["ua"] == best_ua and ev.segment_loss < best_loss)
-                )
             else:
                 entry.update(val_loss=None, val_ua=None, val_wa=None, val_f1=None)
-                improved = True
             entry["seconds"] = time.perf_counter() - t0
             history.append(clean_json(entry))
+            sel = select(t.selection, history) if has_val else None
+            if sel is None:  # no validation: the last epoch is the model
+                sel, kept = Selection((epoch,), float("nan")), {}
+            else:
+                kept[epoch] = _state_cpu(model)
+                kept = {e: kept[e] for e in sel.epochs if e in kept}
+            improved = sel.epochs != selected
+            if epoch_hook is not None:
+                epoch_hook(epoch, model, history[-1])
+            if board is not None:
+                _log_epoch(board, history[-1])
             if improved:
-                best_epoch = epoch
-                best_ua = ev.metrics["ua"] if val_loader is not None else float("nan")
-                best_loss = ev.segment_loss if val_loader is not None else float("nan")
-                save_checkpoint(checkpoint(epoch, False, False), out / "best.pt")
+                selected, best_epoch, best_ua = sel.epochs, sel.newest, sel.score
+                state = selection_state(sel, kept) if kept else None
+                save_checkpoint(checkpoint(epoch, False, False, state), out / "best.pt")
             save_checkpoint(checkpoint(epoch, False, True), out / "last.pt")
             log(
                 f"{label} epoch {epoch}/{t.epochs}: loss {stats['train_loss']:.4f} "
                 f"(emotion {stats['train_loss_emotion']:.4f}) train acc {100 * stats['train_acc']:.1f}%"
-                + (f", val UA {100 * entry['val_ua']:.1f}% (best {100 * best_ua:.1f}% @ {best_epoch})"
+                + (f", val UA {100 * entry['val_ua']:.1f}% (selected: {_epochs_text(selected)})"
                    if val_loader is not None else "")
                 + f" [{entry['seconds']:.1f}s, {stats['segments_per_s']:.0f} seg/s]"
             )
+        if board is not None:
+            board.close()
         del train_loader, val_loader  # stop persistent workers before the test pass
         save_checkpoint(checkpoint(history[-1]["epoch"] if history else epoch, True, True), out / "last.pt")
         (out / "history.json").write_text(json.dumps(clean_json(history), indent=2) + "\n")
@@ -435,20 +463,32 @@ def _train_fold(
         model, evaluation_loader(dataset, fold.test_segments, t.eval_batch_size, t.num_workers),
         manifest, emotion_classes, device, t.aggregate, precision,
     )
-    val_best = next((h for h in history if h["epoch"] == best.epoch), None)
-    validation = (
-        {"ua": val_best.get("val_ua"), "wa": val_best.get("val_wa"), "macro_f1": val_best.get("val_f1")}
-        if val_best and has_val else None
-    )
+    validation = None
+    if has_val and len(best.selected_epochs) > 1:
+        # Averaged weights were never validated during training: score them once here.
+        val_ev = evaluate_loader(
+            model, evaluation_loader(dataset, fold.validation_segments, t.eval_batch_size, t.num_workers),
+            manifest, emotion_classes, device, t.aggregate, precision,
+        )
+        validation = {k: val_ev.metrics[k] for k in ("ua", "wa", "macro_f1")}
+    elif has_val:
+        val_best = next((h for h in history if h["epoch"] == best.epoch), None)
+        if val_best:
+            validation = {"ua": val_best.get("val_ua"), "wa": val_best.get("val_wa"), "macro_f1": val_best.get("val_f1")}
     metrics = {
         "scheme": cfg.data.scheme,
         "fold": k,
+        "seed": t.seed,
+        "protocol": (provenance or {}).get("protocol"),
+        "deviations": (provenance or {}).get("deviations") or [],
         "config": cfg.name,
         "aux": cfg.loss.aux,
         "store_fingerprint": str(reader.fingerprint),
         "store_content_sha256": content,
         "test_speakers": [str(s) for s in fold.test_speakers],
         "best_epoch": best.epoch,
+        "selection": t.selection,
+        "selected_epochs": best.selected_epochs,
         "epochs_run": len(history),
         "validation": validation,
         "test": test_ev.metrics,
@@ -470,7 +510,46 @@ def _train_fold(
         test_speakers=[str(s) for s in fold.test_speakers],
         history=history,
         predictions=test_ev.predictions,
+        seed=t.seed,
+        selected_epochs=list(best.selected_epochs),
     )
+
+
+#: history key -> TensorBoard tag.
+_BOARD_TAGS = {
+    "train_loss": "loss/train_total", "train_loss_emotion": "loss/train_emotion",
+    "train_loss_gender": "loss/train_gender", "train_loss_speaker": "loss/train_speaker",
+    "val_loss": "loss/validation_emotion", "val_ua": "validation/ua", "val_wa": "validation/wa",
+    "val_f1": "validation/macro_f1", "train_acc": "train/accuracy", "lr": "train/lr",
+    "segments_per_s": "train/segments_per_s",
+}
+
+
+def _epochs_text(epochs: Sequence[int]) -> str:
+    """``epoch 4`` or ``epochs 3+5+7 averaged``."""
+    if len(epochs) == 1:
+        return f"epoch {epochs[0]}"
+    return "epochs " + "+".join(map(str, epochs)) + " averaged"
+
+
+def _board(folder: Path | None) -> Any:
+    """A TensorBoard writer for ``folder`` (None: no logging)."""
+    if folder is None:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:  # the tensorboard package is a dependency; say so if it is missing
+        raise InputError(f"--tensorboard needs the tensorboard package ({first_line(exc)})") from None
+    return SummaryWriter(log_dir=str(folder))
+
+
+def _log_epoch(board: Any, entry: dict[str, Any]) -> None:
+    """One epoch's losses and metrics as scalars at step = epoch."""
+    for key, tag in _BOARD_TAGS.items():
+        value = entry.get(key)
+        if value is not None:
+            board.add_scalar(tag, float(value), global_step=int(entry["epoch"]))
+    board.flush()
 
 
 def _train_epoch(
@@ -523,116 +602,3 @@ def _train_epoch(
         "train_acc": correct / seen if seen else float("nan"),
         "segments_per_s": seen / elapsed if elapsed > 0 else float("nan"),
     }
-
-
-@dataclass
-class CVResult:
-    """Results per auxiliary-task setting (``settings[aux] = [FoldResult, ...]``)."""
-
-    settings: dict[str, list[FoldResult]]
-    tables: dict[str, str]
-    comparison: str | None
-
-
-def run_cv(
-    store: str | Path | Any,
-    cfg: Config,
-    out_dir: str | Path,
-    *,
-    folds: Sequence[int] | None = None,
-    aux_settings: Sequence[str] | None = None,
-    device: str = "auto",
-    resume: bool = False,
-    overrides: dict[str, Any] | None = None,
-    log: Logger | None = None,
-    report: Logger | None = None,
-) -> CVResult:
-    """All folds (or ``folds``) for each auxiliary-task setting, with summary reports.
-
-    ``log`` receives progress lines, ``report`` the result tables (default: ``log``).
-
-    One setting writes ``out_dir/fold_<k>/`` and summary files in ``out_dir``; several
-    settings (the ablation grid) write ``out_dir/<setting>/...`` each, plus
-    ``out_dir/comparison.{md,json}``. Summary files: ``metrics.json`` (per fold + mean/std),
-    ``predictions.csv`` (all folds, with a ``fold`` column), ``confusion.png`` (summed over
-    folds), ``curves.png`` (one line per fold), ``table.txt``.
-    """
-    log = log or _quiet
-    report = report or log  # tables go here (printed even when progress is silenced)
-    out = Path(out_dir)
-    settings = list(aux_settings) if aux_settings else [cfg.loss.aux]
-    handle = _StoreHandle(store)
-    try:
-        available = fold_ids(handle.reader, cfg.data.scheme, handle.name)
-        chosen = list(folds) if folds else available
-        for k in chosen:
-            if k not in available:
-                raise InputError(
-                    f"{handle.name}: fold {k} does not exist in scheme {cfg.data.scheme!r} "
-                    f"(folds {min(available)}..{max(available)})"
-                )
-        results: dict[str, list[FoldResult]] = {}
-        tables: dict[str, str] = {}
-        for aux in settings:
-            aux_cfg = apply_overrides(cfg, {"loss.aux": aux})
-            # The setting and scheme are what this cv asks of every fold (its folds and tables
-            # follow them), so a resume checks them even when they were not typed explicitly.
-            aux_over = {**(overrides or {}), "loss.aux": aux, "data.scheme": cfg.data.scheme}
-            sub = out if len(settings) == 1 else out / aux
-            runs = []
-            for k in chosen:
-                if len(settings) > 1:
-                    log(f"[aux {aux}]")
-                runs.append(
-                    train_fold(handle.reader, k, aux_cfg, sub / f"fold_{k}", device=device,
-                               resume=resume, overrides=aux_over, log=log)
-                )
-            results[aux] = runs
-            tables[aux] = _write_cv_summary(sub, aux_cfg, runs)
-            report(f"\n{aux_cfg.name} / {cfg.data.scheme} / aux {aux}: test metrics of the best-validation checkpoint (%)")
-            report(tables[aux] + "\n")
-        comparison = None
-        if len(settings) > 1:
-            comparison = comparison_table({a: [r.row() for r in rs] for a, rs in results.items()})
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "comparison.md").write_text(
-                f"# Auxiliary-task ablation ({cfg.name}, {cfg.data.scheme}, folds {chosen})\n\n```\n{comparison}\n```\n"
-            )
-            (out / "comparison.json").write_text(json.dumps(clean_json({
-                a: {"folds": [r.row() for r in rs], "summary": summarize([r.row() for r in rs])}
-                for a, rs in results.items()
-            }), indent=2) + "\n")
-            report("auxiliary-task comparison (test, mean ± std over folds, %)")
-            report(comparison)
-        return CVResult(results, tables, comparison)
-    finally:
-        handle.close()
-
-
-def _write_cv_summary(out: Path, cfg: Config, runs: list[FoldResult]) -> str:
-    rows = [r.row() for r in runs]
-    table = fold_table(rows)
-    summary = {k: {"mean": m, "std": s} for k, (m, s) in summarize(rows).items()}
-    classes = runs[0].test["classes"]
-    total_cm = np.sum([np.asarray(r.test["confusion"]) for r in runs], axis=0)
-    metrics = {
-        "config": cfg.name,
-        "scheme": cfg.data.scheme,
-        "aux": cfg.loss.aux,
-        "std": "population (ddof=0) over folds",
-        "summary": summary,
-        "folds": rows,
-        "confusion_total": total_cm.tolist(),
-        "classes": classes,
-    }
-    preds = pd.concat(
-        [r.predictions.assign(fold=r.fold) for r in runs if r.predictions is not None], ignore_index=True
-    )
-    preds = preds[["fold", *[c for c in preds.columns if c != "fold"]]]
-    write_reports(
-        out, metrics, preds, {f"fold {r.fold}": r.history for r in runs}, total_cm, classes,
-        title=(f"{cfg.name} {cfg.data.scheme} aux={cfg.loss.aux}: all folds "
-               "(confusion summed over folds, curves one line per fold)"),
-    )
-    (out / "table.txt").write_text(table + "\n")
-    return table

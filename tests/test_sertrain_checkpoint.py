@@ -53,6 +53,8 @@ def valid_payload(resume_state: bool = False) -> dict[str, Any]:
         "best_epoch": 1,
         "best_metric": 0.5,
         "history": [{"epoch": 1, "val_ua": 0.5}, {"epoch": 2, "val_ua": 0.4}],
+        "selected_epochs": [1],
+        "selection_states": None,
         "optimizer_state": None,
         "scaler_state": None,
         "rng_state": None,
@@ -151,6 +153,30 @@ def test_format_versions(tmp_path):
     refusal(save(p, tmp_path / "v_next.pt"), f"format version {FORMAT_VERSION + 1}", "newer", "upgrade")
     p["format_version"] = "2"
     refusal(save(p, tmp_path / "v_str.pt"), "format version '2'")
+
+
+def test_format_2_reads_as_a_best_validation_ua_run(tmp_path):
+    """sertrain 0.2.0 wrote format 2, without a selection rule: it selected by best validation
+    UA, and that is what its checkpoints say when read."""
+    p = valid_payload(resume_state=True)
+    p["format_version"] = 2
+    del p["selected_epochs"], p["selection_states"]
+    del p["config"]["train"]["selection"]
+    ckpt = load_checkpoint(save(p, tmp_path / "v2.pt"))
+    assert ckpt.run_config().train.selection == "val_ua"
+    assert ckpt.selected_epochs == [1] and ckpt.selection_states is None
+
+
+def test_selection_fields_are_checked(tmp_path):
+    p = valid_payload()
+    p["selected_epochs"] = [1, 3]
+    refusal(save(p, tmp_path / "sel.pt"), "selected_epochs is", "expected distinct epochs in 1..2")
+    p = valid_payload()
+    p["selection_states"] = {1: {"nope": torch.zeros(1)}}
+    refusal(save(p, tmp_path / "kept.pt"), r"selection_states\[1\] does not fit the architecture")
+    p = valid_payload()
+    p["selection_states"] = {1: {k: v.clone() for k, v in p["model_state"].items()}}
+    assert list(load_checkpoint(save(p, tmp_path / "kept_ok.pt")).selection_states) == [1]
 
 
 # --------------------------------------------------------------------------------------------

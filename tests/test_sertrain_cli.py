@@ -101,12 +101,20 @@ def test_cv_aux_grid_comparison(store, tmp_path):
         for k in (1, 2):
             assert (out / aux / f"fold_{k}" / "best.pt").is_file()
         summary = json.loads((out / aux / "metrics.json").read_text())
-        assert [f["fold"] for f in summary["folds"]] == [1, 2]
-        assert "mean" in summary["summary"]["ua"]
+        assert summary["folds"] == [1, 2] and [r["fold"] for r in summary["runs"]] == [1, 2]
+        assert summary["format"] == "sertrain-cv/2" and "mean" in summary["summary"]["ua"]
         for name in ("predictions.csv", "confusion.png", "curves.png", "table.txt"):
             assert (out / aux / name).is_file()
     comparison = (out / "comparison.md").read_text()
-    assert "none" in comparison and "gender+speaker" in comparison
+    assert "none" in comparison and "gender+speaker" in comparison and "Δ UA vs none [95 % CI]" in comparison
+    # The Δ column is the paired difference of pooled UA to `none`, the same as `sertrain compare`.
+    grid = json.loads((out / "comparison.json").read_text())
+    assert grid["baseline"] == "none" and grid["settings"]["none"]["delta_vs_baseline"] is None
+    delta = grid["settings"]["gender+speaker"]["delta_vs_baseline"]["ua"]
+    pooled = {a: json.loads((out / a / "metrics.json").read_text())["summary"]["pooled"]["ua"] for a in ("none", "gender+speaker")}
+    assert delta["delta"] == pytest.approx(pooled["gender+speaker"] - pooled["none"])
+    assert delta["low"] <= delta["delta"] <= delta["high"] and 0 < delta["p_value"] <= 1
+    assert (out / "report.html").is_file()
     none_cfg = json.loads((out / "none" / "fold_1" / "config.json").read_text())
     assert none_cfg["loss"]["aux"] == "none"
     # The settings really train different objectives: single-task loss = emotion CE only.

@@ -15,8 +15,7 @@ from sklearn.metrics import (
 )
 
 from sertrain.evaluate import aggregate
-from sertrain.metrics import classification_metrics, mean_std
-from sertrain.report import comparison_table, fold_table
+from sertrain.metrics import classification_metrics
 
 CLASSES = ["ang", "hap", "neu", "sad"]
 
@@ -78,24 +77,3 @@ def test_aggregate_mean_and_max():
     np.testing.assert_allclose(s, [[0.4, 0.8], [0.6, 0.9], [0.5, 0.5]])
     with pytest.raises(ValueError):
         aggregate(utts, post, "median")
-
-
-def test_mean_std_population():
-    assert mean_std([0.5, 0.7]) == pytest.approx((0.6, 0.1))
-    m, s = mean_std([float("nan"), None, 0.4])
-    assert (m, s) == pytest.approx((0.4, 0.0))
-
-
-def test_tables_show_folds_and_mean_std():
-    rows = []
-    for k, ua in ((1, 0.5), (2, 0.7)):
-        m = classification_metrics([0, 1, 2, 3], [0, 1, 2, 3] if ua > 0.6 else [0, 1, 0, 0], CLASSES,
-                                   groups=["F", "M", "F", "M"])
-        rows.append({"fold": k, "test_speakers": [f"S{k}F", f"S{k}M"], "best_epoch": 3, "test": m})
-    table = fold_table(rows)
-    lines = table.splitlines()
-    assert lines[0].split()[:3] == ["fold", "test", "speakers"]
-    assert "UA F" in lines[0] and "UA M" in lines[0]
-    assert lines[-1].startswith("mean ± std") and "75.0 ± 25.0" in lines[-1]
-    comp = comparison_table({"none": rows[:1], "gender": rows})
-    assert comp.splitlines()[2].startswith("none") and "75.0 ± 25.0" in comp.splitlines()[3]

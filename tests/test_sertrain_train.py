@@ -165,3 +165,23 @@ def test_multitask_loss_weights_and_ignored_labels():
     batch["speaker"] = torch.full((4,), -1)
     loss, parts = multitask_loss(out, batch, 0.5, 0.25)
     assert torch.isfinite(loss) and "speaker" not in parts
+
+
+def test_tensorboard_logs_every_epoch(store, tmp_path):
+    """--tensorboard: the event files hold each epoch's losses and validation metrics, read
+    back with TensorBoard's own reader, equal to history.json."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = tmp_path / "tb"
+    result = train_fold(store, 2, small_cfg(**{"train.epochs": 2, "train.steps_per_epoch": 2}), tmp_path / "run",
+                        device="cpu", tensorboard=board)
+    events = EventAccumulator(str(board))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    for tag in ("loss/train_total", "loss/train_emotion", "loss/validation_emotion", "validation/ua", "train/lr"):
+        assert tag in tags, tags
+    ua = events.Scalars("validation/ua")
+    assert [e.step for e in ua] == [1, 2]
+    assert [e.value for e in ua] == pytest.approx([h["val_ua"] for h in result.history])
+    assert [e.value for e in events.Scalars("loss/train_total")] == pytest.approx(
+        [h["train_loss"] for h in result.history], rel=1e-6)
