@@ -10,6 +10,8 @@ ROOT   ?=
 WORK   ?= demo
 HOURS  ?= 0.5
 EPOCHS ?=
+# Every fold is trained SEEDS times: the table shows mean ± std over seeds (README).
+SEEDS  ?= 3
 JOBS   ?= -1
 STORE  ?= $(WORK)/feats.h5
 CV_ARGS ?=
@@ -54,11 +56,11 @@ endif
 	$(BIN)/serprep report $(STORE) --out $(WORK)/report
 	@# A rebuilt store makes earlier runs stale: start the cross-validation afresh.
 	rm -rf $(WORK)/runs
-	$(BIN)/sertrain cv $(STORE) --out $(WORK)/runs $(if $(EPOCHS),--epochs $(EPOCHS)) $(CV_ARGS)
+	$(BIN)/sertrain cv $(STORE) --out $(WORK)/runs --seeds $(SEEDS) $(if $(EPOCHS),--epochs $(EPOCHS)) $(CV_ARGS)
 	@echo
 	@echo "store:   $(STORE)  (serprep info $(STORE))"
 	@echo "report:  $(WORK)/report/summary.md, class_counts.png, spectrograms.png"
-	@echo "results: $(WORK)/runs/ (table.txt, metrics.json, predictions.csv, confusion.png, curves.png, fold_*/best.pt)"
+	@echo "results: $(WORK)/runs/report.html (open it in a browser), table.txt, metrics.json, predictions.csv, fold_*/seed_*/best.pt"
 
 clean:
 	rm -rf $(VENV) $(WORK) runs

@@ -74,7 +74,7 @@ def test_builtin_protocols_encode_the_published_choices():
 
     common = load_protocol("iemocap-5531")
     assert (common.classes, common.subset, common.scheme) == ("4class-merged", "all", "loso")
-    assert common.run_set == {"train.aggregate": "mean", "train.selection": "val_ua"}
+    assert common.run_set == {"train.aggregate": "mean", "train.selection": "top3_average"}
     msp = load_protocol("msp-improv-6")
     assert (msp.corpus, msp.classes, msp.subset, msp.scheme) == ("msp-improv", "4class", "all", "loso")
     assert len(load_spec("msp-improv").fold_definitions("loso")) == 6

@@ -53,9 +53,10 @@ def test_learns_emotion_on_held_out_speakers(learned):
     assert learned.test_speakers == ["Ses01F", "Ses01M"]
     assert learned.test["n"] >= 25
     assert learned.test["ua"] >= MIN_TEST_UA, learned.test
-    # The best checkpoint is the one with the best validation UA.
-    val = [h["val_ua"] for h in learned.history]
-    assert learned.history[learned.best_epoch - 1]["val_ua"] == max(val)
+    # The default selection averages the 3 epochs with the best validation UA (ties: lower loss).
+    ranked = sorted(learned.history, key=lambda h: (-h["val_ua"], h["val_loss"], h["epoch"]))
+    assert learned.selected_epochs == sorted(h["epoch"] for h in ranked[:3])
+    assert learned.best_epoch == max(learned.selected_epochs)
     assert learned.history[-1]["train_loss"] < learned.history[0]["train_loss"]
 
 
@@ -185,3 +186,32 @@ def test_tensorboard_logs_every_epoch(store, tmp_path):
     assert [e.value for e in ua] == pytest.approx([h["val_ua"] for h in result.history])
     assert [e.value for e in events.Scalars("loss/train_total")] == pytest.approx(
         [h["train_loss"] for h in result.history], rel=1e-6)
+
+
+def test_val_ua_selection_tests_the_best_validation_epoch(store, tmp_path):
+    """--selection val_ua keeps one epoch, the one with the best validation UA, and best.pt
+    holds exactly that epoch's weights (the state the epoch hook saw)."""
+    states = {}
+    result = train_fold(store, 1, small_cfg(**{"train.epochs": 3, "train.steps_per_epoch": 3,
+                                               "train.selection": "val_ua"}), tmp_path / "run", device="cpu",
+                        epoch_hook=lambda e, model, entry: states.update({e: {k: v.clone() for k, v in
+                                                                              model.state_dict().items()}}))
+    ranked = sorted(result.history, key=lambda h: (-h["val_ua"], h["val_loss"], h["epoch"]))
+    assert result.selected_epochs == [ranked[0]["epoch"]] == [result.best_epoch]
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    for key, value in best.model_state.items():
+        assert torch.equal(value, states[result.best_epoch][key]), key
+
+
+def test_top3_average_holds_the_mean_of_three_epochs(store, tmp_path):
+    states = {}
+    result = train_fold(store, 1, small_cfg(**{"train.epochs": 4, "train.steps_per_epoch": 3}), tmp_path / "run",
+                        device="cpu",
+                        epoch_hook=lambda e, model, entry: states.update({e: {k: v.clone() for k, v in
+                                                                              model.state_dict().items()}}))
+    assert len(result.selected_epochs) == 3
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert best.selected_epochs == result.selected_epochs
+    key = next(k for k, v in best.model_state.items() if v.is_floating_point())
+    mean = torch.stack([states[e][key].double() for e in result.selected_epochs]).mean(0).float()
+    torch.testing.assert_close(best.model_state[key], mean)
