@@ -27,7 +27,7 @@ _CONFIG_OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--optimizer", "train.optimizer", click.Choice(["adam", "adamw", "sgd"]), "Optimiser [train.optimizer]."),
     ("--weight-decay", "train.weight_decay", float, "Weight decay [train.weight_decay]."),
     ("--patience", "train.patience", int,
-     "Early stopping: epochs without a better validation UA; 0 = never [train.patience]."),
+     "Early stopping: epochs without a change of the selected model; 0 = never [train.patience]."),
     ("--steps-per-epoch", "train.steps_per_epoch", int,
      "Batches per epoch; 0 = one pass over the balanced index [train.steps_per_epoch]."),
     ("--seed", "train.seed", int, "Random seed (init, dropout, batch order) [train.seed]."),
@@ -96,7 +96,10 @@ def _handle_errors(func: Callable) -> Callable:
         except SertrainError as exc:
             _fail(str(exc), exc.exit_code)
         except SerprepError as exc:
-            _fail(str(exc), 1)
+            from serprep.protocol import ProtocolError, ProtocolMismatch
+
+            # A protocol that cannot be read, or a store not built for it, is a bad input (2).
+            _fail(str(exc), 2 if isinstance(exc, (ProtocolError, ProtocolMismatch)) else 1)
         except OSError as exc:
             _fail(f"{getattr(exc, 'filename', '') or ''}: {exc.strerror or exc}".lstrip(": "), 1)
         except KeyboardInterrupt:
@@ -303,7 +306,8 @@ def _check_protocol_store(source: Any, store: Path, protocol: Any, log: Callable
 @_config_options
 @_handle_errors
 def train(store: Path, fold: int, out_dir: Path, aux: str | None, tensorboard: Path | None, **kwargs: Any) -> None:
-    """Train one fold, keep the best checkpoint by validation UA, and test it."""
+    """Train one fold, keep the model the selection rule picks on the validation speakers (default: the
+    average of the 3 best validation-UA epochs), and test it."""
     from .config import apply_overrides
     from .report import run_table
     from .train import train_fold

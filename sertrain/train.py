@@ -1,12 +1,14 @@
 """Training one fold (:func:`train_fold`); cross-validation over folds × seeds is :mod:`sertrain.cv`.
 
-Protocol (docs/method.md): train on the fold's balanced index, pick the epoch with the
-best utterance-level validation UA (early stopping after ``patience`` epochs without
-improvement), report test metrics of that best checkpoint.
+Protocol (docs/method.md): train on the fold's balanced index, let the selection rule
+``train.selection`` (:mod:`sertrain.selection`) pick the model from the utterance-level
+validation metrics of each epoch (default: the average of the weights of the 3 epochs with
+the best validation UA; early stopping after ``patience`` epochs without a change of the
+selection), report test metrics of that model.
 
-Files of a fold run (``out_dir``): ``best.pt`` (best validation UA), ``last.pt`` (resume
+Files of a fold run (``out_dir``): ``best.pt`` (the selected model), ``last.pt`` (resume
 state, rewritten every epoch), ``config.json``, ``history.json``, ``metrics.json`` (test
-metrics plus validation of the best epoch), ``predictions.csv``, ``confusion.png``,
+metrics plus validation of the selected model), ``predictions.csv``, ``confusion.png``,
 ``curves.png``.
 
 Resume (``--resume``) continues exactly the run that ``out_dir/last.pt`` holds, or refuses

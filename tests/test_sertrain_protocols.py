@@ -81,13 +81,15 @@ def test_deviations_name_each_difference():
 
 def test_cv_refuses_a_store_built_for_something_else(default_store, tmp_path):
     result = run("cv", default_store, "--protocol", "iemocap-5531", "--out", tmp_path / "x", *FAST)
-    assert result.exit_code != 0
+    assert result.exit_code == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"error: {default_store} was not built for protocol iemocap-5531 (balance on, needs off)")
     assert "serprep build iemocap --root ROOT --protocol iemocap-5531 --out" in line
     assert not (tmp_path / "x").exists()
     acrnn = run("cv", default_store, "--protocol", "acrnn", "--out", tmp_path / "y", *FAST)
     assert "classes 4class-merged, needs 4class" in acrnn.stderr and "subset all, needs improvised" in acrnn.stderr
+    missing = run("cv", default_store, "--protocol", tmp_path / "nope.toml", "--out", tmp_path / "z", *FAST)
+    assert missing.exit_code == 2 and missing.stderr.strip() == f"error: {tmp_path / 'nope.toml'}: protocol file not found"
 
 
 def test_cv_under_a_protocol_records_it_and_its_deviations(protocol_store, tmp_path):
