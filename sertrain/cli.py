@@ -165,8 +165,7 @@ def _resolve(kwargs: dict[str, Any], protocol: Any = None) -> tuple[Any, dict[st
         # left out: only options given explicitly change those.
         from .train import RESUME_ADJUSTABLE
 
-        preset = {f"{section}.{key}": value for section, values in cfg.to_dict().items()
-                  if isinstance(values, dict) for key, value in values.items()}
+        preset = cfg.flat()
         overrides = {**{k: v for k, v in preset.items() if k not in RESUME_ADJUSTABLE}, **overrides}
     cfg = apply_overrides(cfg, overrides)
     return cfg, overrides, device

@@ -135,6 +135,12 @@ class Config:
         """Plain nested dict of primitives (safe for ``torch.load(weights_only=True)``)."""
         return dataclasses.asdict(self)
 
+    def flat(self) -> dict[str, Any]:
+        """``{"model.lstm_hidden": 64, ...}``: every value by its dotted key (the name left out),
+        the keys ``--set`` and :func:`apply_overrides` take."""
+        return {f"{section}.{key}": value for section, values in self.to_dict().items()
+                if isinstance(values, dict) for key, value in values.items()}
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "Config":
         """Build from a nested dict, refusing unknown sections/keys (typos must not pass)."""

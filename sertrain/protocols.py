@@ -40,8 +40,8 @@ def deviations(protocol: Any, cfg: Config, seeds: Sequence[int], aux_settings: S
                folds: Sequence[int] | None = None) -> list[dict[str, Any]]:
     """Every way a run differs from ``protocol``: another config preset, config keys, the
     seeds, an auxiliary-task grid, a subset of folds. Each item is ``{"key", "protocol", "run"}``."""
-    ours = _flat(protocol_config(protocol))
-    theirs = _flat(cfg)
+    ours = protocol_config(protocol).flat()
+    theirs = cfg.flat()
     out = [{"key": "config", "protocol": protocol.config, "run": cfg.name}] if cfg.name != protocol.config else []
     out += [{"key": k, "protocol": v, "run": theirs.get(k)} for k, v in ours.items()
             if k not in NOT_DEVIATIONS and theirs.get(k) != v and not (aux_settings and k == "loss.aux")]
@@ -95,8 +95,3 @@ def deviation_text(devs: list[dict[str, Any]], explicit: Sequence[str] = (), lim
         items += [f"{d['key']} {d['protocol']!r} -> {d['run']!r}" for d in from_preset]
     more = f", and {len(items) - limit} more" if len(items) > limit else ""
     return ", ".join(items[:limit]) + more
-
-
-def _flat(cfg: Config) -> dict[str, Any]:
-    return {f"{section}.{key}": value for section, values in cfg.to_dict().items() if isinstance(values, dict)
-            for key, value in values.items()}

@@ -217,16 +217,10 @@ def train_fold(
         handle.close()
 
 
-def _flat(cfg: Config) -> dict[str, Any]:
-    """``{"model.lstm_hidden": 64, ...}``: a config's values by dotted key (name left out)."""
-    return {f"{section}.{key}": value for section, values in cfg.to_dict().items() if isinstance(values, dict)
-            for key, value in values.items()}
-
-
 def _config_difference(a: Config, b: Config) -> tuple[str, Any, Any, int] | None:
     """(first key outside RESUME_ADJUSTABLE whose value differs, a's value, b's value, number
     of such keys), or None when the two configs describe the same run."""
-    fa, fb = _flat(a), _flat(b)
+    fa, fb = a.flat(), b.flat()
     keys = [k for k in fa if k not in RESUME_ADJUSTABLE and fa[k] != fb.get(k)]
     return (keys[0], fa[keys[0]], fb.get(keys[0]), len(keys)) if keys else None
 

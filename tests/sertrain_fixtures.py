@@ -131,3 +131,13 @@ def short_run_checkpoint(base: Path) -> Path:
                                                          "train.epochs": 1, "train.steps_per_epoch": 4})
         train_fold(learnable_store(base), 1, cfg, out, device="cpu")
     return out / "best.pt"
+
+
+def assert_one_line_error(result, code: int, fragment: str) -> None:
+    """A click ``CliRunner`` result failed with exit ``code`` and one ``error:`` line holding
+    ``fragment`` on stderr, without a traceback."""
+    assert result.exit_code == code, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and fragment in lines[0], lines[0]
+    assert "Traceback" not in result.output

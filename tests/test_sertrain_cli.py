@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from sertrain.cli import main
-from sertrain_fixtures import learnable_store, mels64_store, no_folds_store, store_base
+from sertrain_fixtures import assert_one_line_error, learnable_store, mels64_store, no_folds_store, store_base
 
 FAST = ["--epochs", "1", "--num-workers", "0", "--device", "cpu", "--config", "cpu-small"]
 
@@ -29,14 +29,6 @@ def trained(store, tmp_path_factory):
 
 def run(*args: str):
     return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_one_line_error(result, code: int, fragment: str):
-    assert result.exit_code == code, (result.exit_code, result.output)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ") and fragment in lines[0], lines[0]
-    assert "Traceback" not in result.output
 
 
 def test_help_for_every_command():

@@ -15,20 +15,13 @@ from click.testing import CliRunner
 
 from sertrain.cli import main
 from sertrain.compare import paired_difference
-from sertrain_fixtures import learnable_store, store_base
+from sertrain_fixtures import assert_one_line_error, learnable_store, store_base
 
 BASE = ["--num-workers", "0", "--device", "cpu", "--config", "cpu-small", "--no-report", "-q"]
 
 
 def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_one_line_error(result, code: int, fragment: str):
-    assert result.exit_code == code, (result.exit_code, result.output)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
-    assert "Traceback" not in result.output
 
 
 @pytest.fixture(scope="module")
