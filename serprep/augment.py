@@ -59,6 +59,7 @@ from numpy.typing import NDArray
 from scipy.signal import fftconvolve
 
 from serprep.errors import SerprepError
+from serprep.packaged import manifests_dir
 
 __all__ = [
     "PRESET_DIR",
@@ -72,8 +73,8 @@ __all__ = [
     "validate_preset",
 ]
 
-#: Bundled presets live next to the other manifests at the repository root.
-PRESET_DIR: Path = Path(__file__).resolve().parent.parent / "manifests" / "augment"
+#: Bundled presets: package data beside the label manifests (``serprep/manifests/augment/``).
+PRESET_DIR: Path = manifests_dir() / "augment"
 
 _PRESET_SUFFIXES = (".toml", ".yaml", ".yml")
 _TOP_LEVEL_KEYS = {"name", "description", "transform"}

@@ -23,6 +23,7 @@ the summary and recorded in the store.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -50,13 +51,10 @@ from .folds import ResolvedFold, resolve_folds
 from .labels import CorpusSpec, load_spec
 from .output import OutputLock, remove_stale_temps
 from .segments import segment_offsets
-from .store import FAILURE_COLUMNS, SEGMENT_DTYPES, WARNING_COLUMNS, Fold, StoreWriter
+from .store import FAILURE_COLUMNS, GENDERS, SEGMENT_DTYPES, WARNING_COLUMNS, Fold, StoreWriter, gender_id
 
 if TYPE_CHECKING:
     from .protocol import Protocol
-
-GENDERS = ("F", "M")
-
 
 @dataclass
 class BuildOptions:
@@ -214,16 +212,7 @@ def plan_build(opts: BuildOptions, spec: CorpusSpec, utts: list[Utterance], root
     durations: list[float | None] = [
         audio_duration(root / u.path) if needs_durations and emotion[i] else None for i, u in enumerate(utts)
     ]
-    labelled_speakers = {utts[i].speaker for i in labelled}
-
-    # Folds (all schemes of the manifest), resolved against the speakers present.
-    fold_sets: dict[str, list[ResolvedFold]] = {}
-    fold_notes: list[str] = []
-    for scheme in spec.folds:
-        resolved, notes = resolve_folds(spec.fold_definitions(scheme), labelled_speakers)
-        fold_notes += [f"{scheme} {n}" for n in notes]
-        if resolved:
-            fold_sets[scheme] = resolved
+    fold_sets, fold_notes = plan_folds(spec, [utts[i] for i in labelled])
 
     # Segment hops: denser for minority classes when balancing (whole-corpus class shares:
     # the extra windows are training-only, so test utterances are never cut differently).
@@ -240,6 +229,28 @@ def plan_build(opts: BuildOptions, spec: CorpusSpec, utts: list[Utterance], root
         copy_rate=copy_rate, tasks=tasks, blocks=list(_blocks(tasks, sizes, opts.block_seconds)),
         durations=durations, total_seconds=sum(d * (1 + n_copies[i]) for i, d in zip(labelled, sizes)),
     )
+
+
+def plan_folds(spec: CorpusSpec, labelled: list[Utterance]) -> tuple[dict[str, list[ResolvedFold]], list[str]]:
+    """Every fold scheme of the manifest, resolved against the speakers of the labelled
+    utterances (generated schemes are drawn from them: :mod:`serprep.folds`), and notes on
+    the folds dropped."""
+    genders: dict[str, str] = {}
+    for u in labelled:
+        genders.setdefault(u.speaker, u.gender)
+    fold_sets: dict[str, list[ResolvedFold]] = {}
+    fold_notes: list[str] = []
+    for scheme in spec.folds:
+        column = spec.partition_column(scheme)
+        partitions: dict[str, set[str]] = {}
+        if column is not None:
+            for u in labelled:
+                partitions.setdefault(u.speaker, set()).add(str(u.extras.get(column, "")))
+        resolved, notes = resolve_folds(spec.fold_definitions(scheme, genders, partitions), set(genders))
+        fold_notes += [f"{scheme} {n}" for n in notes]
+        if resolved:
+            fold_sets[scheme] = resolved
+    return fold_sets, fold_notes
 
 
 def _copy_rates(opts: BuildOptions, utts: list[Utterance], emotion: list[str], labelled: list[int],
@@ -380,7 +391,7 @@ class _Collected:
                 self.audio_seconds += it["n_frames"] * self.hop_seconds
                 if it["copy"] == 0:
                     self.n_orig_segments[i] = int((~it["dense"]).sum())
-                per_item.append((i, it["copy"], self._class_id[plan.emotion[i]], GENDERS.index(u.gender), s,
+                per_item.append((i, it["copy"], self._class_id[plan.emotion[i]], gender_id(u.gender), s,
                                  len(it["offsets"])))
                 windows.append(np.stack([it["offsets"], it["valid"], it["dense"]]))
                 self.spk_sum[s] += it["sum"]
@@ -529,10 +540,23 @@ def _write_blocks(blocks: Iterator[dict[str, Any]], collected: _Collected, write
 
 def _write_folds(writer: StoreWriter, plan: BuildPlan, segs: dict[str, np.ndarray], ok: np.ndarray,
                  collected: _Collected, seeds: np.random.SeedSequence) -> None:
+    """Every planned fold whose test speakers kept an extracted utterance, numbered 1..K.
+
+    Folds are planned from the labelled speakers before extraction; a fold whose every test
+    utterance then failed to decode would test nothing, so it is dropped with a fold note.
+    """
     speaker_id = {s: i for i, s in enumerate(plan.speakers)}
     utt_speaker = np.array([speaker_id[u.speaker] for u in plan.utts], dtype=np.int64)
     for scheme, folds in plan.fold_sets.items():
+        number = 0
         for fold in folds:
+            tested = np.isin(utt_speaker, [speaker_id[s] for s in fold.test]) & ok
+            if not tested.any():
+                plan.fold_notes.append(f"{scheme} fold {fold.number}: no test utterance was extracted "
+                                       f"(every one of {'+'.join(fold.test)} failed); dropped")
+                continue
+            number += 1
+            fold = dataclasses.replace(fold, number=number)
             writer.write_fold(_fold(scheme, fold, plan, segs, utt_speaker, ok, collected,
                                     np.random.default_rng(seeds.spawn(1)[0])))
 
@@ -592,7 +616,7 @@ def _fold(scheme: str, fold: ResolvedFold, plan: BuildPlan, segs: dict[str, np.n
         train_segments=train_segments, validation_segments=validation_segments, test_segments=test_segments,
         balanced_index=index, norm_mean=mean.astype(np.float32), norm_std=std.astype(np.float32),
         train_speakers=list(fold.train), validation_speakers=list(fold.validation), test_speakers=list(fold.test),
-        counts=counts,
+        counts=counts, label=fold.label,
     )
 
 

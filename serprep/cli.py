@@ -13,9 +13,8 @@ from . import __version__
 from .config import FeatureConfig, SegmentConfig
 from .clickutil import OneLineErrorGroup
 from .errors import SerprepError
+from .corpora import corpus_names
 from .protocol import protocol_names
-
-CORPUS_NAMES = ("iemocap", "msp-improv")
 
 
 class _Terminated(KeyboardInterrupt):
@@ -56,22 +55,26 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("corpus", type=click.Choice(CORPUS_NAMES))
-@click.option("--root", required=True, type=click.Path(path_type=Path), help="Corpus root (e.g. IEMOCAP_full_release/).")
+@click.argument("corpus", type=click.Choice(corpus_names()))
+@click.option("--root", required=True, type=click.Path(path_type=Path),
+              help="Corpus root (e.g. IEMOCAP_full_release/; `serprep corpora` says what each corpus expects).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Store file to write (.h5).")
 @click.option("--protocol", "protocol_ref", default=None, metavar="NAME|FILE",
               help="Build the store of an evaluation protocol (built-in: " + ", ".join(protocol_names())
                    + "; or a protocol .toml file; docs/protocols.md): it sets --classes, --subset, --n-mels, "
                    "--segment-frames, --segment-hop, --augment and --balance, refuses any of them given "
                    "with another value, and is recorded in the store.")
-@click.option("--classes", default=None, help="Class set from manifests/<corpus>.toml (default: the manifest's default, e.g. 4class-merged; set by --protocol).")
+@click.option("--classes", default=None,
+              help="Class set of the corpus' label manifest: every corpus has `all` and `4class` (ang, hap, neu, "
+                   "sad); `serprep corpora` lists them all (default: the manifest's default; set by --protocol).")
 @click.option("--subset", default=None,
-              help="Utterance subset from manifests/<corpus>.toml (IEMOCAP: all, improvised, scripted; "
-                   "MSP-IMPROV: all, improvised, read, natural, target, acted; set by --protocol).")
+              help="Utterance subset of the corpus' label manifest (`serprep corpora` lists them; e.g. IEMOCAP "
+                   "improvised, RAVDESS speech/song; set by --protocol).")
 @click.option("--n-mels", default=40, show_default=True, type=int, help="Mel bands (set by --protocol).")
 @click.option("--segment-frames", default=300, show_default=True, type=int, help="Frames per segment (set by --protocol).")
 @click.option("--segment-hop", default=150, show_default=True, type=int, help="Segment hop in frames (set by --protocol).")
-@click.option("--augment", default=None, help="Augmentation preset name (manifests/augment/NAME.toml) or file (set by --protocol).")
+@click.option("--augment", default=None,
+              help="Augmentation preset name (bundled: serprep/manifests/augment/NAME.toml) or file (set by --protocol).")
 @click.option("--copies", default=1, show_default=True, type=int, help="Augmented copies per utterance when augmenting without --balance.")
 @click.option("--balance/--no-balance", default=False, show_default=True,
               help="Balance emotion classes in training data: denser training-only windows for minority "
@@ -141,6 +144,15 @@ def build(corpus, root, out, protocol_ref, classes, subset, n_mels, segment_fram
         click.echo(f"note: {note}")
     if protocol is not None:
         click.echo(f"protocol {protocol.name} {protocol.version} (sha256 {protocol.sha256[:16]}...) recorded in the store")
+
+
+@main.command()
+@click.option("--markdown", is_flag=True, help="The README's corpus table (Markdown).")
+def corpora(markdown: bool) -> None:
+    """List the corpora serprep reads: root folder, speakers, class sets, subsets, folds."""
+    from .corpus_table import corpus_table_markdown, corpus_table_text
+
+    click.echo(corpus_table_markdown() if markdown else corpus_table_text())
 
 
 @main.command()

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from .store import StoreReader
+from .corpora import registry
+from .store import GENDERS, UNKNOWN_GENDER, StoreReader
 
 
 def store_summary(path: str | Path) -> dict[str, Any]:
@@ -19,11 +20,13 @@ def store_summary(path: str | Path) -> dict[str, Any]:
     build = r.build
     ok = manifest["status"] == "ok"
     emotions = r.vocab("emotion")
+    genders = [g for g in (*GENDERS, UNKNOWN_GENDER) if g in GENDERS or (manifest["gender"] == g).any()]
     summary: dict[str, Any] = {
         "file": str(Path(path).name),
         "size_bytes": Path(path).stat().st_size,
         "schema_version": r.attrs["schema_version"],
         "corpus": r.corpus,
+        "corpus_info": _corpus_info(r.corpus),
         "created": r.attrs.get("created"),
         "corpus_fingerprint": r.fingerprint,
         "versions": json.loads(r.attrs.get("versions", "{}")),
@@ -38,7 +41,7 @@ def store_summary(path: str | Path) -> dict[str, Any]:
             "failed": int((manifest["status"] == "failed").sum()),
             "hours": float(np.nansum(manifest.loc[ok, "duration"]) / 3600.0),
             "by_class": {c: int(((manifest["emotion"] == c) & ok).sum()) for c in emotions},
-            "by_gender": {g: int(((manifest["gender"] == g) & ok).sum()) for g in ("F", "M")},
+            "by_gender": {g: int(((manifest["gender"] == g) & ok).sum()) for g in genders},
             "speakers": int(manifest.loc[ok, "speaker"].nunique()),
             "sessions": int(manifest.loc[ok, "session"].nunique()),
         },
@@ -61,6 +64,7 @@ def store_summary(path: str | Path) -> dict[str, Any]:
             f = r.fold(scheme, k)
             folds.append({
                 "fold": k,
+                "label": f.label,
                 "test_speakers": f.test_speakers,
                 "validation_speakers": f.validation_speakers,
                 "n_train_speakers": len(f.train_speakers),
@@ -71,12 +75,30 @@ def store_summary(path: str | Path) -> dict[str, Any]:
     return summary
 
 
+def _corpus_info(corpus: str) -> dict[str, Any] | None:
+    """The registry's description of the store's corpus (None for a corpus this serprep lacks)."""
+    info = registry().get(corpus)
+    if info is None:
+        return None
+    return {"title": info.title, "speakers": info.speakers, "dimensions": list(info.dimensions), "scale": info.scale}
+
+
+def _speakers_text(speakers: list[str], limit: int = 4) -> str:
+    if not speakers:
+        return "-"
+    if len(speakers) <= limit:
+        return "+".join(speakers)
+    return "+".join(speakers[:limit]) + f"+... ({len(speakers)})"
+
+
 def format_summary(s: dict[str, Any]) -> str:
     """The human-readable ``serprep info`` text."""
     u, seg, fc, b = s["utterances"], s["segments"], s["feature_config"], s["build"]
     lines = [
         f"{s['file']}: serprep store, schema {s['schema_version']}, {s['size_bytes'] / 2**20:.1f} MiB",
-        f"  corpus        {s['corpus']} (fingerprint {s['corpus_fingerprint'][:16]}...)",
+        f"  corpus        {s['corpus']}{' = ' + ci['title'] if (ci := s.get('corpus_info')) else ''} (fingerprint {s['corpus_fingerprint'][:16]}...)",
+        *([f"                speakers: {ci['speakers']}; dimensional ratings: "
+           + (f"{', '.join(ci['dimensions'])} ({ci['scale']})" if ci["dimensions"] else "none")] if ci else []),
         f"  content       {s['content_sha256'][:16]}... (identifies this store; checkpoints record it)",
         f"  created       {s['created']} with serprep {s['versions'].get('serprep')}, librosa {s['versions'].get('librosa')}, h5py {s['versions'].get('h5py')}",
         f"  protocol      {_protocol_text(b.get('protocol'))}",
@@ -88,7 +110,9 @@ def format_summary(s: dict[str, Any]) -> str:
         f"  augmentation  {b.get('augment') or 'none'}; balance {'on' if b.get('balance') else 'off'}; seed {b.get('seed')}",
         f"  utterances    {u['total']} in corpus, {u['selected']} selected, {u['extracted']} extracted, {u['failed']} failed; {u['hours']:.2f} h",
         "  classes       " + ", ".join(f"{c} {n}" for c, n in u["by_class"].items()),
-        f"  speakers      {u['speakers']} in {u['sessions']} sessions; F {u['by_gender']['F']} / M {u['by_gender']['M']} utterances",
+        f"  speakers      {u['speakers']} in {u['sessions']} sessions; "
+        + " / ".join(f"{g} {n}" for g, n in u["by_gender"].items()) + " utterances"
+        + (f" ({UNKNOWN_GENDER} = gender unknown)" if UNKNOWN_GENDER in u["by_gender"] else ""),
         f"  segment rows  {seg['total']} ({seg['original']} original, {seg['dense']} dense-hop, {seg['augmented']} augmented); {s['frames']} frames",
     ]
     if s["failures"]:
@@ -104,7 +128,8 @@ def format_summary(s: dict[str, Any]) -> str:
             c = f["counts"]
             pairs = ", ".join(f"{k} {c['before'].get(k, 0)}->{c['after'].get(k, 0)}" for k in classes)
             lines.append(
-                f"    {f['fold']:>2} test {'+'.join(f['test_speakers'])}, val {'+'.join(f['validation_speakers']) or '-'}"
+                f"    {f['fold']:>2}{' ' + f['label'] if f.get('label') else ''} test {_speakers_text(f['test_speakers'])}, "
+                f"val {_speakers_text(f['validation_speakers'])}"
                 f" | utts {f['utterances']['train']}/{f['utterances']['validation']}/{f['utterances']['test']} | {pairs}"
             )
     if b.get("fold_notes"):

@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from .errors import SerprepError
-
-MANIFEST_FILES = {"iemocap": "iemocap.toml", "msp-improv": "msp_improv.toml"}
-
-
-def manifests_dir() -> Path:
-    """The ``manifests/`` folder (``$SERPREP_MANIFESTS`` overrides the one beside the package)."""
-    env = os.environ.get("SERPREP_MANIFESTS")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "manifests"
-
+from .packaged import manifests_dir
 
 @dataclass(frozen=True)
 class FoldDefinition:
-    """Speakers of each part of one fold; training = every other speaker."""
+    """Speakers of each part of one fold; training = every other speaker unless ``train`` says."""
 
     test: tuple[str, ...]
     validation: tuple[str, ...]
+    train: tuple[str, ...] | None = None
+    label: str = ""  # what a fold is called when it is not just a number ("Test1")
 
 
 @dataclass
@@ -60,20 +53,30 @@ class CorpusSpec:
             return None, None
         return entry["column"], set(entry["values"])
 
-    def fold_definitions(self, scheme: str) -> list[FoldDefinition]:
+    def fold_definitions(self, scheme: str, speakers: Mapping[str, str] | None = None,
+                         partitions: Mapping[str, set[str]] | None = None) -> list[FoldDefinition]:
+        """The folds of ``scheme``. Generated schemes need the present ``speakers`` (speaker ->
+        gender) and, for partition schemes, each speaker's partitions (:mod:`serprep.folds`)."""
+        from .folds import fold_kind, generate_folds
+
         if scheme not in self.folds:
             raise SerprepError(f"{self.path.name}: unknown fold scheme {scheme!r}; choose from {', '.join(self.folds)}")
-        return [
-            FoldDefinition(tuple(f["test"]), tuple(f.get("validation", ())))
-            for f in self.folds[scheme]["folds"]
-        ]
+        entry = self.folds[scheme]
+        if fold_kind(entry) != "table" and speakers is None:
+            raise SerprepError(f"{self.path.name}: fold scheme {scheme!r} is generated from the corpus' speakers")
+        return generate_folds(f"{self.path.name} [folds.{scheme}]", entry, speakers or {}, partitions)
+
+    def partition_column(self, scheme: str) -> str | None:
+        """The manifest column a partition scheme splits on (``None`` for speaker schemes)."""
+        entry = self.folds[scheme]
+        return str(entry["column"]) if entry.get("generate") == "partition" else None
 
 
 def load_spec(corpus: str) -> CorpusSpec:
     """Read and validate the manifest of ``corpus``."""
-    if corpus not in MANIFEST_FILES:
-        raise SerprepError(f"no label manifest for corpus {corpus!r}")
-    path = manifests_dir() / MANIFEST_FILES[corpus]
+    from .corpora import corpus_info
+
+    path = manifests_dir() / corpus_info(corpus).manifest
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -99,9 +102,11 @@ def load_spec(corpus: str) -> CorpusSpec:
         unknown = sorted(set(entry["map"]) - set(spec.codes))
         if unknown:
             raise SerprepError(f"{path}: class set {name!r} maps codes {unknown} that are not in `codes`")
+    from .folds import check_scheme
+
     for scheme, entry in spec.folds.items():
-        for i, fold in enumerate(entry["folds"], start=1):
-            overlap = set(fold["test"]) & set(fold.get("validation", ()))
-            if overlap:
-                raise SerprepError(f"{path}: fold {scheme}/{i} puts {sorted(overlap)} in both test and validation")
+        check_scheme(f"{path} [folds.{scheme}]", entry)
+    for key, names in (("default_classes", spec.classes), ("default_subset", spec.subsets), ("default_folds", spec.folds)):
+        if getattr(spec, key) not in names:
+            raise SerprepError(f"{path}: {key} = {getattr(spec, key)!r} is not one of {', '.join(names)}")
     return spec

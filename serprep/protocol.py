@@ -388,11 +388,12 @@ def _parse(data: bytes, where: str, source: str) -> Protocol:
 
 def _store_values(store: dict[str, Any], fail: Any) -> dict[str, Any]:
     """The validated ``[store]`` values, checked against the corpus' label manifest."""
-    from .labels import MANIFEST_FILES, load_spec
+    from .corpora import corpus_names
+    from .labels import load_spec
 
     corpus = store["corpus"]
-    if corpus not in MANIFEST_FILES:
-        raise fail("store.corpus", f"unknown corpus {corpus!r} (known: {', '.join(MANIFEST_FILES)})")
+    if corpus not in corpus_names():
+        raise fail("store.corpus", f"unknown corpus {corpus!r} (known: {', '.join(corpus_names())})")
     spec = load_spec(corpus)
     manifest = f"{spec.path.name} v{spec.version}"
     for key, table, what in (("classes", spec.classes, "class set"), ("subset", spec.subsets, "subset"),

@@ -34,7 +34,15 @@ Schema (``SCHEMA_VERSION`` = 2)::
     /folds/<scheme>/<k>/    train_utts, validation_utts, test_utts, train_segments,
                             validation_segments, test_segments, balanced_index, norm_mean,
                             norm_std ([3, n_mels]); attrs: train/validation/test speakers and
-                            class counts (JSON)
+                            class counts (JSON), and ``label`` where a fold has a name (the
+                            official partition it tests, e.g. "Test1")
+
+Genders are ``F`` and ``M`` (``/vocab/gender``); a corpus that does not know a speaker's gender
+(MSP-Podcast) writes ``U`` in the manifest and -1 in ``segments/gender``. Speakers a corpus does
+not identify are pseudo speakers named ``unknown:<group>`` (MSP-Podcast: one per partition),
+so folds stay speaker independent; generated folds never draw them as validation speakers
+(an official partition keeps them in its own part) and they are never speaker-task classes
+(:func:`is_known_speaker`).
 
 Strings are variable-length UTF-8. A segment's input is
 ``features[item.frame_start + offset : ... + valid]`` transposed to ``[3, valid, n_mels]`` and
@@ -96,7 +104,22 @@ SEGMENT_DTYPES = {
 SEGMENT_COLUMNS = tuple(SEGMENT_DTYPES)
 ITEM_COLUMNS = ("utt", "copy", "frame_start", "n_frames", "augmentation")
 FAILURE_COLUMNS = ("utt_id", "path", "error")
+#: ``/vocab/gender``; the manifest writes :data:`UNKNOWN_GENDER` (segment id -1) for anyone else.
+GENDERS = ("F", "M")
+UNKNOWN_GENDER = "U"
+#: Prefix of the pseudo speaker that stands for utterances whose speaker the corpus does not know.
+UNKNOWN_SPEAKER_PREFIX = "unknown:"
 WARNING_COLUMNS = ("utt_id", "path", "message")
+
+
+def is_known_speaker(speaker: str) -> bool:
+    """False for the ``unknown:<group>`` pseudo speakers (many people under one name)."""
+    return not speaker.startswith(UNKNOWN_SPEAKER_PREFIX)
+
+
+def gender_id(gender: str) -> int:
+    """Segment gender id: index into :data:`GENDERS`, -1 for unknown."""
+    return GENDERS.index(gender) if gender in GENDERS else -1
 
 
 # --------------------------------------------------------------------------------------------
@@ -416,6 +439,8 @@ class StoreWriter:
             validation_speakers=json.dumps(list(fold.validation_speakers)),
             test_speakers=json.dumps(list(fold.test_speakers)),
             counts=json.dumps(fold.counts, sort_keys=True),
+            # Only where there is a label, so stores without one keep their bytes and checksums.
+            **({"label": json.dumps(fold.label)} if fold.label else {}),
         )
 
     def write_rows(self, group: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
@@ -516,6 +541,7 @@ class Fold:
     validation_speakers: list[str] = field(default_factory=list)
     test_speakers: list[str] = field(default_factory=list)
     counts: dict[str, Any] = field(default_factory=dict)
+    label: str = ""  # a fold's name where it has one (the official partition it tests)
 
 
 FOLD_ARRAYS = (
@@ -729,7 +755,8 @@ class StoreReader:
                     train_speakers=meta.get("train_speakers", []),
                     validation_speakers=meta.get("validation_speakers", []),
                     test_speakers=meta.get("test_speakers", []),
-                    counts=meta.get("counts", {}))
+                    counts=meta.get("counts", {}),
+                    label=str(meta.get("label", "")))
 
     # -- data -------------------------------------------------------------------------------
     def _features(self) -> h5py.Dataset:

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from serprep.store import is_known_speaker
+
 from .errors import InputError
 
 #: Floor for the per-bin standard deviation (a constant bin must not divide by zero).
@@ -65,9 +67,11 @@ class SegmentLabels:
 def speaker_map(speaker_vocab: Sequence[str], train_speakers: Sequence[str]) -> np.ndarray:
     """Global speaker id -> index among the fold's training speakers (-1 = not a training speaker).
 
-    The speaker head only knows training speakers; the others are ignored by its loss.
+    The speaker head only knows training speakers; the others are ignored by its loss, and so
+    are the ``unknown:<group>`` pseudo speakers (many people under one name; their output of
+    the head is never a target).
     """
-    index = {s: i for i, s in enumerate(train_speakers)}
+    index = {s: i for i, s in enumerate(train_speakers) if is_known_speaker(s)}
     return np.array([index.get(s, -1) for s in speaker_vocab], dtype=np.int64)
 
 

@@ -224,3 +224,20 @@ def test_msp_improv_store(msp_root, tmp_path):
             n_frames = StoreReader(out).items().query("utt == @row.name and copy == 0").n_frames.iloc[0]
             assert n_frames == 1 + d["n_samples_16k"] // 160
     assert summary.failures and verify(out) == []
+
+
+def test_a_fold_whose_test_speaker_failed_entirely_is_dropped_with_a_note(iemocap_root, tmp_path):
+    root, truth = iemocap_root
+    copy = tmp_path / "IEMOCAP_full_release"
+    shutil.copytree(root, copy)
+    for t in truth:
+        if t["speaker"] == "Ses02M":  # every utterance of one speaker becomes undecodable
+            (copy / t["path"]).write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    summary = build("iemocap", copy, tmp_path / "s.h5")
+    r = StoreReader(tmp_path / "s.h5")
+    ids = r.fold_ids("loso-speaker")
+    assert ids == list(range(1, 10))  # 10 planned, renumbered after dropping Ses02M's
+    assert all(r.fold("loso-speaker", k).test_speakers != ["Ses02M"] for k in ids)
+    assert any("loso-speaker fold 4: no test utterance was extracted (every one of Ses02M failed); dropped" in n
+               for n in summary.fold_notes)
+    assert any("Ses02M failed" in n for n in r.build["fold_notes"])

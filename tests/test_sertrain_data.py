@@ -101,6 +101,13 @@ def test_training_speakers_only_in_speaker_targets(parts):
     assert (train_batch["speaker"] >= 0).all()
 
 
+def test_unknown_pseudo_speakers_are_never_speaker_targets():
+    # MSP-Podcast's `unknown:<partition>` stands for many people: no speaker-task class.
+    vocab = ["spk1", "unknown:Train", "spk2", "spk3"]
+    m = speaker_map(vocab, ["spk1", "spk2", "unknown:Train"])
+    assert m.tolist() == [0, -1, 1, -1]
+
+
 def test_balanced_sampler_is_seeded_per_epoch_and_covers_the_index(parts):
     _, fold, labels, _ = parts
     index = np.asarray(fold.balanced_index)

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from ..errors import CorpusLayoutError
-from . import CorpusListing, LabelIssue, Utterance, describe_folder
+from . import CorpusInfo, CorpusListing, LabelIssue, Utterance, describe_folder
 
 CORPUS = "iemocap"
 EXPECTED = "IEMOCAP_full_release layout: Session1..Session5/dialog/EmoEvaluation/<dialog>.txt and Session*/sentences/wav/<dialog>/<utterance>.wav"
@@ -167,3 +167,15 @@ def _read_transcriptions(folder: Path) -> dict[str, str]:
             if m:
                 out[m["utt"]] = m["text"].strip()
     return out
+
+
+INFO = CorpusInfo(
+    name=CORPUS,
+    title="IEMOCAP",
+    manifest="iemocap.toml",
+    root="IEMOCAP_full_release/ (holding Session1..Session5/)",
+    speakers="10 (session + the letter of the utterance id's last `_` token); gender from that letter",
+    read=read_corpus,
+    dimensions=("valence", "arousal", "dominance"),
+    scale="1-5",
+)

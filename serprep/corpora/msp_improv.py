@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from ..errors import CorpusLayoutError
-from . import CorpusListing, LabelIssue, Utterance, describe_folder
+from . import CorpusInfo, CorpusListing, LabelIssue, Utterance, describe_folder
 
 CORPUS = "msp-improv"
 EVALUATION_NAMES = ("Evaluation.txt", "Evalution.txt")
@@ -104,3 +104,15 @@ def _to_float(text: str) -> float:
         return float(text)
     except ValueError:
         return math.nan
+
+
+INFO = CorpusInfo(
+    name=CORPUS,
+    title="MSP-IMPROV",
+    manifest="msp_improv.toml",
+    root="the folder holding Evaluation.txt (or Evalution.txt) and Audio/",
+    speakers="12 (file-name field `F01`: gender letter + session)",
+    read=read_corpus,
+    dimensions=("arousal", "valence", "dominance", "naturalness"),
+    scale="1-5",
+)

@@ -191,7 +191,7 @@ def test_out_inside_the_corpus_is_refused_before_any_work(tmp_path):
 def test_out_equal_to_the_augmentation_preset_is_refused(tmp_path):
     root, _ = corpus(tmp_path)
     preset = tmp_path / "aug.toml"
-    shutil.copyfile(Path(__file__).resolve().parents[2] / "manifests" / "augment" / "light.toml", preset)
+    shutil.copyfile(Path(__file__).resolve().parents[2] / "serprep" / "manifests" / "augment" / "light.toml", preset)
     before = tree_digest(preset)
     ran = run("serprep", *build_args(root, preset, "--augment", preset, "--overwrite"))
     assert_one_line_error(ran, str(preset), "--augment")
