@@ -18,11 +18,19 @@ from __future__ import annotations
 from .common import SR, _corrupt_bytes, speaker_voice, speech_like, write_wav
 from .iemocap import IEMOCAP_CODES, IEMOCAP_DIALOGS, SUMMARY_RE, make_iemocap
 from .msp_improv import MSP_CODES, MSP_CONSENSUS_RE, make_msp_improv
+from .crema_d import CREMA_EMOTIONS, make_crema_d
+from .msp_podcast import PODCAST_CODES, make_msp_podcast
+from .emodb import EMODB_CODES, make_emodb
+from .ravdess import RAVDESS_CODES, make_ravdess
 
 #: corpus name (as registered in serprep.corpora) -> fixture generator.
 GENERATORS = {
     "iemocap": make_iemocap,
     "msp-improv": make_msp_improv,
+    "crema-d": make_crema_d,
+    "msp-podcast": make_msp_podcast,
+    "emodb": make_emodb,
+    "ravdess": make_ravdess,
 }
 
 __all__ = [
@@ -36,6 +44,14 @@ __all__ = [
     "write_wav",
     "make_iemocap",
     "make_msp_improv",
+    "make_crema_d",
+    "make_msp_podcast",
+    "CREMA_EMOTIONS",
+    "PODCAST_CODES",
+    "make_emodb",
+    "make_ravdess",
+    "EMODB_CODES",
+    "RAVDESS_CODES",
     "SUMMARY_RE",
     "MSP_CONSENSUS_RE",
     "_corrupt_bytes",
