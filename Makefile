@@ -40,6 +40,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_build.py
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_open.py
+	$(BIN)/python benchmarks/bench_build_scale.py
 
 train: setup
 ifeq ($(CORPUS),demo)
