@@ -245,20 +245,25 @@ def clean_tmp(folder: Path) -> None:
 
 
 @main.command("demo-corpus")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder to write (IEMOCAP_full_release layout).")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Folder to write (the corpus root: IEMOCAP_full_release or MSP-IMPROV layout).")
+@click.option("--layout", type=click.Choice(["iemocap", "msp-improv"]), default="iemocap", show_default=True,
+              help="Corpus layout: iemocap (5 sessions, 10 speakers, IEMOCAP label files) or msp-improv "
+                   "(6 sessions, 12 speakers, Evaluation.txt + Audio/); build it with `serprep build <layout>`.")
 @click.option("--hours", default=0.5, show_default=True, type=float, help="Total audio duration.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random choice (same seed, same corpus).")
 @click.option("--overwrite", is_flag=True, help="Write into a non-empty folder.")
-def demo_corpus(out: Path, hours: float, seed: int, overwrite: bool) -> None:
-    """Write a synthetic speech-like corpus in the IEMOCAP layout (no download)."""
+def demo_corpus(out: Path, layout: str, hours: float, seed: int, overwrite: bool) -> None:
+    """Write a synthetic speech-like corpus in the IEMOCAP or MSP-IMPROV layout (no download)."""
     from .demo import write_demo_corpus
 
     if not hours > 0:
         raise SerprepError(f"--hours {hours}: must be a positive number of hours")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise SerprepError(f"{out}: folder exists and is not empty (use --overwrite)")
-    s = write_demo_corpus(out, hours=hours, seed=seed, progress=True)
-    click.echo(f"wrote {out}: {s.get('n_utterances')} utterances, {s.get('total_seconds', 0) / 60:.1f} min of audio")
+    s = write_demo_corpus(out, hours=hours, seed=seed, progress=True, layout=layout)
+    click.echo(f"wrote {out} ({layout} layout): {s.get('n_utterances')} utterances, "
+               f"{s.get('total_seconds', 0) / 60:.1f} min of audio")
 
 
 if __name__ == "__main__":

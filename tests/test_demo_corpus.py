@@ -260,3 +260,146 @@ def test_iemocap_reader_reads_it_unchanged(corpus: tuple[Path, dict]) -> None:
     assert Counter(u.emotion_raw for u in utts) == Counter(summary["emotions"])
     assert {u.extras["mode"] for u in utts} == {"improvised", "scripted"}
     assert all((root / u.path).is_file() for u in utts)
+
+
+# ---------------------------------------------------------------------------------------------
+# The MSP-IMPROV layout (--layout msp-improv): same renderer, MSP-IMPROV's files and label syntax
+
+MSP_HOURS = 0.1
+MSP_CONSENSUS = re.compile(
+    r"^UTD-IMPROV-(?P<stem>(?P<sent>S(?:0[1-9]|1\d|20))(?P<target>[AHSN])-(?P<spk>(?P<gender>[FM])0(?P<sess>[1-6]))"
+    r"-(?P<cond>[RSPT])-(?P<pair>FM|MF)\d{2})\.avi; (?P<code>[AHSNOX]); "
+    r"A:(?P<a>\d\.\d{6}); V:(?P<v>\d\.\d{6}); D:(?P<d>\d\.\d{6}) ; N:(?P<n>\d\.\d{6});$"
+)
+MSP_RATER = re.compile(
+    r"^rater\d{4}; (?P<label>Angry|Happy|Sad|Neutral|Other); [A-Za-z,]*; "
+    r"A:(?P<a>[1-5])\.0; V:(?P<v>[1-5])\.0; D:(?P<d>[1-5])\.0; N:(?P<n>[1-5])\.0;$"
+)
+MSP_NAMES = {"A": "Angry", "H": "Happy", "S": "Sad", "N": "Neutral", "O": "Other"}
+
+
+@pytest.fixture(scope="module")
+def msp_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("demo_msp") / "MSP-IMPROV"
+    return root, write_demo_corpus(root, hours=MSP_HOURS, seed=SEED, layout="msp-improv")
+
+
+def _msp_blocks(root: Path) -> list[tuple[re.Match, list[re.Match]]]:
+    raw = (root / "Evaluation.txt").read_bytes()
+    assert b"\r" not in raw and raw.endswith(b"\n") and not raw.endswith(b"\n\n")
+    blocks = []
+    for text in raw.decode("utf-8").rstrip("\n").split("\n\n"):
+        head, *raters = text.split("\n")
+        m = MSP_CONSENSUS.match(head)
+        assert m, head
+        parsed = [MSP_RATER.match(line) for line in raters]
+        assert all(parsed) and len(parsed) >= 5, text
+        blocks.append((m, parsed))
+    return blocks
+
+
+def test_msp_layout_and_label_syntax(msp_corpus: tuple[Path, dict]) -> None:
+    from serprep.demo import MSP_IMPROV_CODE_COUNTS
+
+    root, summary = msp_corpus
+    assert summary["layout"] == "msp-improv"
+    blocks = _msp_blocks(root)
+    assert len(blocks) == summary["n_utterances"]
+    assert sorted(p.name for p in (root / "Audio").iterdir()) == [f"session{i}" for i in range(1, 7)]
+    expected, total = set(), 0.0
+    for m, raters in blocks:
+        wav = root / "Audio" / f"session{m['sess']}" / f"{m['sent']}{m['target']}" / m["cond"] / f"MSP-IMPROV-{m['stem']}.wav"
+        expected.add(wav)
+        info = sf.info(str(wav))
+        assert (info.samplerate, info.channels, info.subtype, info.format) == (16000, 1, "PCM_16", "WAV")
+        assert 1.5 - 1e-9 <= info.frames / 16000 <= 7.0 + 1e-9
+        total += info.frames / 16000
+        assert m["pair"][0] == m["gender"]
+        # The consensus label is the raters' majority (X: no label has one); its scores their means.
+        votes = Counter(r["label"] for r in raters)
+        if m["code"] == "X":
+            assert max(votes.values()) <= len(raters) // 2, votes
+        else:
+            assert votes[MSP_NAMES[m["code"]]] > len(raters) // 2, (m["code"], votes)
+        for key in "avdn":
+            assert float(m[key]) == pytest.approx(np.mean([int(r[key]) for r in raters]), abs=1e-6)
+    assert set(root.glob("Audio/session*/*/*/*.wav")) == expected  # every turn has its wav, nothing else
+    assert abs(total - summary["total_seconds"]) < 0.01
+    assert MSP_HOURS * 3600 <= total <= MSP_HOURS * 3600 + 6 * 7.0
+
+    codes = Counter(m["code"] for m, _ in blocks)
+    assert codes == Counter(summary["emotions"])
+    n, all_counts = len(blocks), sum(MSP_IMPROV_CODE_COUNTS.values())
+    for code, count in MSP_IMPROV_CODE_COUNTS.items():  # MSP-IMPROV's skew, N > H >> S, A
+        assert abs(codes.get(code, 0) - n * count / all_counts) <= 3, (code, codes)
+    per_speaker = Counter((m["spk"], m["code"]) for m, _ in blocks)
+    assert {(s, c): k for s, cs in summary["speaker_emotions"].items() for c, k in cs.items()} == dict(per_speaker)
+    assert sorted(summary["speakers"]) == [f"{g}0{s}" for g in "FM" for s in range(1, 7)]
+    assert Counter(m["cond"] for m, _ in blocks) == Counter(summary["conditions"]) and set(summary["conditions"]) == set("PRST")
+
+
+def test_msp_reader_reads_it_unchanged(msp_corpus: tuple[Path, dict]) -> None:
+    from serprep.corpora.msp_improv import read_corpus
+
+    root, summary = msp_corpus
+    listing = read_corpus(root)
+    assert listing.issues == []
+    utts = listing.utterances
+    assert len(utts) == summary["n_utterances"]
+    counts = Counter((u.speaker, u.emotion_raw) for u in utts)
+    assert dict(counts) == {(s, c): k for s, cs in summary["speaker_emotions"].items() for c, k in cs.items()}
+    assert all(u.gender == u.speaker[0] for u in utts)
+    assert Counter(u.session for u in utts) == Counter(summary["sessions"])
+    scenario = {"R": "read", "S": "improvised", "P": "natural", "T": "target"}
+    assert Counter(u.extras["scenario"] for u in utts) == Counter(
+        {scenario[c]: k for c, k in summary["conditions"].items()})
+    assert all((root / u.path).is_file() for u in utts)
+
+
+def test_msp_same_seed_same_bytes(tmp_path: Path) -> None:
+    a = write_demo_corpus(tmp_path / "a", hours=0.01, seed=7, layout="msp-improv")
+    b = write_demo_corpus(tmp_path / "b", hours=0.01, seed=7, layout="msp-improv")
+    write_demo_corpus(tmp_path / "c", hours=0.01, seed=8, layout="msp-improv")
+    assert {k: v for k, v in a.items() if k != "root"} == {k: v for k, v in b.items() if k != "root"}
+    da, db, dc = _digests(tmp_path / "a"), _digests(tmp_path / "b"), _digests(tmp_path / "c")
+    assert sum(k.endswith(".wav") for k in da) >= 5
+    assert da == db
+    assert da != dc
+
+
+def test_msp_layout_builds_a_4class_store(msp_corpus: tuple[Path, dict], tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from serprep.cli import main
+    from serprep.store import StoreReader
+
+    root, summary = msp_corpus
+    out = tmp_path / "msp.h5"
+    result = CliRunner().invoke(main, ["build", "msp-improv", "--root", str(root), "--out", str(out),
+                                       "--classes", "4class", "-j", "1", "-q"])
+    assert result.exit_code == 0, result.output
+    reader = StoreReader(out)
+    assert reader.corpus == "msp-improv" and reader.vocab("emotion") == ["ang", "hap", "neu", "sad"]
+    manifest = reader.manifest()
+    assert (manifest["status"] == "ok").sum() == sum(summary["emotions"].get(c, 0) for c in "AHNS")
+    labelled = manifest[manifest["emotion"] != ""]
+    to4 = {"A": "ang", "H": "hap", "N": "neu", "S": "sad"}
+    expected = {(s, to4[c]): k for s, cs in summary["speaker_emotions"].items() for c, k in cs.items() if c in to4}
+    assert Counter(zip(labelled["speaker"], labelled["emotion"])) == Counter(expected)
+    assert reader.fold_ids("loso") == [1, 2, 3, 4, 5, 6]
+
+
+def test_demo_corpus_command_layout_option(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from serprep.cli import main
+
+    result = CliRunner().invoke(main, ["demo-corpus", "--layout", "msp-improv", "--out", str(tmp_path / "m"),
+                                       "--hours", "0.01", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert "msp-improv layout" in result.output
+    assert (tmp_path / "m" / "Evaluation.txt").is_file() and not (tmp_path / "m" / "Session1").exists()
+    result = CliRunner().invoke(main, ["demo-corpus", "--out", str(tmp_path / "i"), "--hours", "0.01"])
+    assert result.exit_code == 0 and (tmp_path / "i" / "Session1").is_dir()  # default: IEMOCAP
+    result = CliRunner().invoke(main, ["demo-corpus", "--layout", "crema-d", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and not (tmp_path / "x").exists()
