@@ -1,4 +1,4 @@
-"""The ``sertrain`` command: cv, train, evaluate, predict.
+"""The ``sertrain`` command: cv, cross, train, evaluate, compare, report, predict.
 
 Errors the user can act on (missing file, store without folds, fold out of range,
 incompatible store, bad config value) print one line ``error: ...`` on stderr and exit
@@ -60,21 +60,24 @@ def _open_for_run(store: Path, verify: bool) -> Any:
     return open_store(store, verify_features=True)
 
 
-def _config_options(func: Callable) -> Callable:
-    """Add --config, the config-key options, --set, --device, --resume, --threads, --quiet."""
+_RESUME_HELP = ("Continue an interrupted run from OUT/last.pt (optimizer, epoch, best metric, RNG); "
+                "finished folds are only re-tested. Only the same store, fold, scheme and config "
+                "are continued: --epochs, --patience, --lr, --num-workers and train.eval_batch_size "
+                "may change, any other differing value is refused.")
+
+
+def _config_options(func: Callable, *, skip: tuple[str, ...] = (), resume_help: str = _RESUME_HELP) -> Callable:
+    """Add --config, the config-key options (but those in ``skip``), --set, --device, --resume,
+    --threads, --verify, --quiet."""
     decorators = [
         click.option("--config", "config_name", metavar="NAME|FILE", default=None,
                      help="Config preset (paper, cpu-small) or TOML file. Default: paper on CUDA, cpu-small on CPU."),
         *[click.option(opt, key.replace(".", "__"), type=typ, default=None, help=hlp)
-          for opt, key, typ, hlp in _CONFIG_OPTIONS],
+          for opt, key, typ, hlp in _CONFIG_OPTIONS if opt not in skip],
         click.option("--set", "set_values", metavar="KEY=VALUE", multiple=True,
                      help="Override any config key, e.g. --set model.lstm_hidden=32 (repeatable)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
-        click.option("--resume", is_flag=True,
-                     help="Continue an interrupted run from OUT/last.pt (optimizer, epoch, best metric, RNG); "
-                          "finished folds are only re-tested. Only the same store, fold, scheme and config "
-                          "are continued: --epochs, --patience, --lr, --num-workers and train.eval_batch_size "
-                          "may change, any other differing value is refused."),
+        click.option("--resume", is_flag=True, help=resume_help),
         click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)."),
         _VERIFY_OPTION,
         click.option("--quiet", "-q", is_flag=True, help="Only print the results, not every epoch."),
@@ -206,6 +209,7 @@ def main() -> None:
     \b
       sertrain cv feats.h5 --out runs/iemocap          # all folds, mean ± std table
       sertrain cv feats.h5 --protocol iemocap-5531 --out runs/p   # a published protocol
+      sertrain cross --train iemocap.h5 --test msp.h5 --out runs/x  # cross-corpus
       sertrain compare runs/A runs/B                   # paired difference, CI, p-value
       sertrain report runs/iemocap                     # self-contained HTML
       sertrain train feats.h5 --fold 3 --out runs/f3   # one fold
@@ -270,6 +274,72 @@ def cv(store: Path, out_dir: Path, protocol_name: str | None, n_seeds: int | Non
            provenance=provenance(protocol, devs), device=str(device), resume=kwargs["resume"], overrides=overrides,
            log=_logger(kwargs["quiet"]), report=lambda m: click.echo(m), tensorboard=tensorboard,
            n_resamples=n_resamples, html=not no_report)
+
+
+@main.command()
+@click.option("--train", "train_stores", multiple=True, required=True, metavar="STORE",
+              type=click.Path(path_type=Path),
+              help="Training store (repeatable): every labelled original utterance of its training speakers is "
+                   "trained on.")
+@click.option("--test", "test_stores", multiple=True, required=True, metavar="STORE",
+              type=click.Path(path_type=Path),
+              help="Test store (repeatable): every labelled utterance is tested. Another corpus than every "
+                   "training store (same content or same corpus fingerprint is refused).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder: seed_<s>/ per seed, metrics.json, predictions.csv, table.txt, plots.")
+@click.option("--validation-share", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
+              show_default=True,
+              help="Share of each training store's speakers held out to choose the model (at least one speaker "
+                   "per store, at least one left to train; genders alternate).")
+@click.option("--validation-seed", type=int, default=0, show_default=True,
+              help="Seed of the choice of validation speakers and of the balanced index (the same for every seed).")
+@click.option("--seeds", "n_seeds", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="Train N times with seeds --seed .. --seed+N-1; the table shows mean ± sample std over seeds.")
+@click.option("--within", "within_dirs", multiple=True, metavar="RUN_DIR", type=click.Path(path_type=Path),
+              help="A `sertrain cv` folder run on a test store (matched by the store content sha256 in its "
+                   "metrics.json; repeatable): adds that cv's pooled result as a within-corpus reference row.")
+@click.option("--aux", type=click.Choice(["none", "gender", "speaker", "gender+speaker"]), default=None,
+              help="Active auxiliary tasks [loss.aux].")
+@click.option("--bootstrap", "n_resamples", type=click.IntRange(min=1000), default=1000, show_default=True,
+              metavar="N", help="Bootstrap resamples of the confidence intervals (seeded).")
+@functools.partial(
+    _config_options, skip=("--scheme",),
+    resume_help="Continue interrupted seeds from OUT/seed_<s>/last.pt; finished seeds are only re-tested. Only the "
+                "same stores, validation split and config are continued: --epochs, --patience, --lr, "
+                "--num-workers and train.eval_batch_size may change, any other differing value is refused.")
+@_handle_errors
+def cross(train_stores: tuple[Path, ...], test_stores: tuple[Path, ...], out_dir: Path, validation_share: float,
+          validation_seed: int, n_seeds: int, within_dirs: tuple[Path, ...], aux: str | None, n_resamples: int,
+          **kwargs: Any) -> None:
+    """Cross-corpus: train on the --train stores, test on every labelled utterance of each --test store.
+
+    \b
+      sertrain cross --train iemocap.h5 --test msp.h5 --out runs/i2m
+      sertrain cross --train iemocap.h5 --train crema-d.h5 --test msp.h5 --test emodb.h5 --out runs/x
+      sertrain cross --train iemocap.h5 --test msp.h5 --out runs/i2m --seeds 3 --within runs/msp-cv
+
+    Every store needs the same feature and segment configuration and the classes ang, hap,
+    neu, sad (built with --classes 4class, or 4class-merged for IEMOCAP); anything else is
+    refused in one line. Trains on the original utterances (no augmented copies) of each
+    training store's speakers but a seeded validation share, whose utterances choose the
+    model (--selection) and stop training early; features are normalised with statistics of
+    the training speakers only. Prints one row per test store (WA, UA, macro-F1, UA per
+    gender: mean ± sample std over seeds; 95 % bootstrap intervals of UA over utterances and
+    over speakers), with a within-corpus reference row for each --within folder, and the
+    intervals of every pooled metric.
+    """
+    from .config import apply_overrides
+    from .cross import run_cross
+
+    cfg, overrides, device = _resolve(kwargs)
+    if aux:
+        overrides["loss.aux"] = aux
+        cfg = apply_overrides(cfg, {"loss.aux": aux})
+    seeds = [cfg.train.seed + i for i in range(n_seeds)]
+    run_cross(list(train_stores), list(test_stores), cfg, out_dir, seeds=seeds, validation_share=validation_share,
+              validation_seed=validation_seed, within=list(within_dirs), device=str(device),
+              resume=kwargs["resume"], overrides=overrides, verify=kwargs["verify"], log=_logger(kwargs["quiet"]),
+              report=lambda m: click.echo(m), n_resamples=n_resamples)
 
 
 def _load_protocol(name: str | None) -> Any:

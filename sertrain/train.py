@@ -79,12 +79,13 @@ def _quiet(_: str) -> None:
 
 @dataclass
 class FoldResult:
-    """Outcome of one fold: test metrics of the best checkpoint and the run's history."""
+    """Outcome of one fold: test metrics of the best checkpoint and the run's history
+    (``test`` is None for a run trained with ``test=False``, which its caller tests)."""
 
     scheme: str
     fold: int
     out_dir: Path
-    test: dict[str, Any]
+    test: dict[str, Any] | None
     validation: dict[str, Any] | None
     best_epoch: int
     epochs_run: int
@@ -183,6 +184,8 @@ def train_fold(
     epoch_hook: EpochHook | None = None,
     tensorboard: str | Path | None = None,
     provenance: dict[str, Any] | None = None,
+    test: bool = True,
+    label: str | None = None,
 ) -> FoldResult:
     """Train and test one fold of ``cfg.data.scheme``; see the module docstring for outputs.
 
@@ -195,6 +198,11 @@ def train_fold(
     or any override outside :data:`RESUME_ADJUSTABLE` differs from the run's, or when
     ``out_dir/best.pt`` is not this run's. Without ``resume`` an existing run is refused, so
     a typo cannot overwrite results.
+
+    ``test=False`` trains and selects the model but leaves the test to the caller
+    (:mod:`sertrain.cross` tests one model on other stores): no test pass, ``metrics.json``
+    without test metrics, no ``predictions.csv``, ``FoldResult.test`` None. ``label`` names
+    the run in log lines (default ``fold <k>``).
     """
     log = log or _quiet
     out = Path(out_dir)
@@ -212,7 +220,7 @@ def train_fold(
     handle = _StoreHandle(store)
     try:
         return _train_fold(handle, fold, cfg, out, resolve_device(device), resumed, log, epoch_hook,
-                           Path(tensorboard) if tensorboard else None, provenance or {})
+                           Path(tensorboard) if tensorboard else None, provenance or {}, test, label)
     finally:
         handle.close()
 
@@ -298,6 +306,8 @@ def _train_fold(
     epoch_hook: EpochHook | None = None,
     tensorboard: Path | None = None,
     provenance: dict[str, Any] | None = None,
+    run_test: bool = True,
+    run_label: str | None = None,
 ) -> FoldResult:
     reader, name = handle.reader, handle.name
     t = cfg.train
@@ -387,12 +397,13 @@ def _train_fold(
     has_val = len(fold.validation_segments) > 0
     would_stop = has_val and should_stop(t.selection, history, t.patience)
     finished = resumed is not None and resumed.finished and (start_epoch >= t.epochs or would_stop)
-    label = f"fold {k}"
+    label = run_label or f"fold {k}"
     if not finished:
         log(
             f"{label}: train {len(fold.train_utts)} utts ({len(fold.balanced_index)} balanced segments), "
-            f"validation {len(fold.validation_utts)}, test {len(fold.test_utts)} utts "
-            f"[{', '.join(map(str, fold.test_speakers))}]; {cfg.name} model "
+            f"validation {len(fold.validation_utts)}"
+            + (f", test {len(fold.test_utts)} utts [{', '.join(map(str, fold.test_speakers))}]" if run_test
+               else " utts") + f"; {cfg.name} model "
             f"{count_parameters(model) / 1e6:.2f} M params on {device} ({precision.name})"
             + (f"; resuming after epoch {start_epoch}" if resumed is not None else "")
         )
@@ -458,7 +469,7 @@ def _train_fold(
     test_ev = evaluate_loader(
         model, evaluation_loader(dataset, fold.test_segments, t.eval_batch_size, t.num_workers),
         manifest, emotion_classes, device, t.aggregate, precision,
-    )
+    ) if run_test else None
     validation = None
     if has_val and len(best.selected_epochs) > 1:
         # Averaged weights were never validated during training: score them once here.
@@ -487,25 +498,32 @@ def _train_fold(
         "selected_epochs": best.selected_epochs,
         "epochs_run": len(history),
         "validation": validation,
-        "test": test_ev.metrics,
+        "test": test_ev.metrics if test_ev is not None else None,
     }
-    write_reports(out, metrics, test_ev.predictions, history, test_ev.metrics["confusion"], emotion_classes,
-                  title=f"{cfg.name} {cfg.data.scheme} {label}")
-    log(
-        f"{label}: test (best epoch {best.epoch}) UA {100 * test_ev.metrics['ua']:.1f}% "
-        f"WA {100 * test_ev.metrics['wa']:.1f}% F1 {100 * test_ev.metrics['macro_f1']:.1f}%"
-    )
+    if test_ev is not None:
+        write_reports(out, metrics, test_ev.predictions, history, test_ev.metrics["confusion"], emotion_classes,
+                      title=f"{cfg.name} {cfg.data.scheme} {label}")
+        log(
+            f"{label}: test (best epoch {best.epoch}) UA {100 * test_ev.metrics['ua']:.1f}% "
+            f"WA {100 * test_ev.metrics['wa']:.1f}% F1 {100 * test_ev.metrics['macro_f1']:.1f}%"
+        )
+    else:  # the caller tests the selected model (best.pt) itself
+        (out / "metrics.json").write_text(json.dumps(clean_json(metrics), indent=2) + "\n")
+        if history:
+            from .plots import plot_curves
+
+            plot_curves(history, out / "curves.png", title=f"{cfg.name} {cfg.data.scheme} {label}")
     return FoldResult(
         scheme=cfg.data.scheme,
         fold=k,
         out_dir=out,
-        test=clean_json(test_ev.metrics),
+        test=clean_json(test_ev.metrics) if test_ev is not None else None,
         validation=clean_json(validation),
         best_epoch=best.epoch,
         epochs_run=len(history),
         test_speakers=[str(s) for s in fold.test_speakers],
         history=history,
-        predictions=test_ev.predictions,
+        predictions=test_ev.predictions if test_ev is not None else None,
         seed=t.seed,
         selected_epochs=list(best.selected_epochs),
     )
