@@ -12,4 +12,4 @@ Modules:
 - :mod:`sertrain.cli`        the ``sertrain`` command
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
