@@ -169,7 +169,7 @@ def main() -> None:
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
 
-    from serprep.build import assign_classes
+    from serprep.plan import assign_classes
     from serprep.corpora import read_corpus
     from serprep.labels import load_spec
 

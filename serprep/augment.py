@@ -25,20 +25,23 @@ Public API
     Room reverberation without pyroomacoustics or impulse-response files.
 
 Every copy must be reproducible from what the store records (preset + seed), which is why
-``apply`` reseeds the global RNGs that audiomentations draws from and why the applied chain
-(names and sampled parameters) is returned for storage alongside the copy.
+``apply`` gives the transforms generators seeded from the copy's seed (audiomentations draws
+from ``random`` and ``numpy.random``; see :func:`_isolate_random_state`) and why the applied
+chain (names and sampled parameters) is returned for storage alongside the copy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy as _copy
 import hashlib
 import inspect
 import math
 import random
+import sys
 import threading
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -139,11 +142,11 @@ class SyntheticReverb(BaseWaveformTransform):
     def randomize_parameters(self, samples: NDArray[np.float32], sample_rate: int) -> None:
         super().randomize_parameters(samples, sample_rate)
         if self.parameters["should_apply"]:
-            # Python's ``random`` like the library's own transforms, so that seeding it in
-            # Augmenter.apply fixes these draws too.
-            self.parameters["rt60"] = random.uniform(self.min_rt60, self.max_rt60)
-            self.parameters["wet"] = random.uniform(self.min_wet, self.max_wet)
-            self.parameters["ir_seed"] = random.getrandbits(32)
+            # ``random`` like the library's own transforms: inside Augmenter.apply the copy's
+            # seeded generator (_RANDOM), so these draws are fixed by its seed too.
+            self.parameters["rt60"] = _RANDOM.uniform(self.min_rt60, self.max_rt60)
+            self.parameters["wet"] = _RANDOM.uniform(self.min_wet, self.max_wet)
+            self.parameters["ir_seed"] = _RANDOM.getrandbits(32)
 
     @staticmethod
     def impulse_response(rt60: float, sample_rate: int, ir_seed: int) -> NDArray[np.float32]:
@@ -432,9 +435,93 @@ def _derived(name: str, params: dict[str, Any], x_in: NDArray[np.float32]) -> di
     return {}
 
 
-# audiomentations draws from the process-global RNGs; serialise seeded sections so two
-# threads sharing this module cannot interleave draws. (Processes need no lock.)
-_RNG_LOCK = threading.Lock()
+# --------------------------------------------------------------------------- random state
+# audiomentations draws from the process-global generators (``random.uniform``,
+# ``np.random.normal``, ...). Seeding those per copy under a lock is not enough: other code
+# in the process draws from them too, concurrently, and shifts the copy's draws. A Dask
+# worker does, for one (``dask.sizeof`` samples every result's items with ``random.sample``
+# on the worker's event loop while the next block is augmented), which made a store built
+# on a cluster differ from a local one. So the transforms' modules get stand-ins for
+# ``random`` and ``numpy.random`` that, inside :meth:`Augmenter.apply`, draw from the
+# calling thread's own generators, seeded exactly as the global ones used to be
+# (``random.Random(seed)`` and ``RandomState`` give the same streams as ``random.seed`` and
+# ``np.random.seed``): the same copies as before, in any thread, whatever else runs.
+
+
+class _ThreadGenerators(threading.local):
+    py: random.Random | None = None
+    np: np.random.RandomState | None = None
+
+
+_GENERATORS = _ThreadGenerators()
+
+
+class _RandomModule:
+    """``random`` for the transforms: the thread's seeded generator inside ``apply``."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_GENERATORS.py or random, name)
+
+
+class _NumpyRandomModule:
+    """``numpy.random`` for the transforms: the thread's seeded ``RandomState`` inside ``apply``
+    (names a ``RandomState`` lacks, such as ``default_rng``, come from ``numpy.random``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        state = _GENERATORS.np
+        if state is not None:
+            try:
+                return getattr(state, name)
+            except AttributeError:
+                pass
+        return getattr(np.random, name)
+
+
+class _NumpyModule:
+    """``numpy`` for the transforms, but with ``.random`` the stand-in above."""
+
+    random = _NumpyRandomModule()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(np, name)
+
+
+_RANDOM = _RandomModule()
+_NUMPY = _NumpyModule()
+
+
+def _isolate_random_state(transforms: Mapping[str, type]) -> None:
+    """Give the modules defining ``transforms`` (and their audiomentations base classes) the
+    stand-ins for ``random`` and ``numpy``; refuse a module that holds a global generator's
+    function directly (``from random import uniform``), which no stand-in could redirect."""
+    globals_ = (random._inst, np.random.mtrand._rand)  # the generators behind the module functions
+    modules = {sys.modules[c.__module__] for cls in transforms.values() for c in cls.__mro__
+               if c.__module__.split(".")[0] == "audiomentations"}
+    for module in modules:
+        for name, value in list(vars(module).items()):
+            if value is random:
+                setattr(module, name, _RANDOM)
+            elif value is np:
+                setattr(module, name, _NUMPY)
+            elif any(getattr(value, "__self__", None) is g for g in globals_):
+                raise RuntimeError(f"{module.__name__}.{name} draws from a process-global generator that "
+                                   "serprep cannot seed per copy; this audiomentations version is not supported")
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """The calling thread's transforms draw from generators seeded with ``seed`` (< 2**64)."""
+    # The legacy NumPy seed takes 32-bit words; both halves, so that 63-bit copy seeds do not
+    # collide modulo 2**32.
+    _GENERATORS.py = random.Random(seed)
+    _GENERATORS.np = np.random.RandomState(np.array([seed & 0xFFFFFFFF, seed >> 32], dtype=np.uint32))
+    try:
+        yield
+    finally:
+        _GENERATORS.py = _GENERATORS.np = None
+
+
+_isolate_random_state(TRANSFORMS)
 
 
 class Augmenter:
@@ -443,11 +530,10 @@ class Augmenter:
     >>> aug = Augmenter(load_preset("default"), sample_rate=16000)
     >>> y, chain = aug.apply(x, seed=copy_seed(store_seed, utt_id, 1))
 
-    ``apply`` is a pure function of ``(samples, seed)`` and the preset: it reseeds Python's
-    ``random`` and NumPy's global RNG (which audiomentations uses) on every call, so results
-    do not depend on call order, earlier calls, or the process. As a consequence the global
-    RNG states are left reseeded after a call; code that needs its own randomness should use
-    a ``numpy.random.Generator`` rather than the global functions.
+    ``apply`` is a pure function of ``(samples, seed)`` and the preset: the transforms draw
+    from generators seeded with ``seed`` for this call and this thread only, so results do
+    not depend on call order, earlier calls, the process, or other threads drawing from the
+    global ``random``/``numpy.random`` meanwhile (whose states ``apply`` leaves alone).
     """
 
     def __init__(self, preset: Mapping[str, Any] | str, sample_rate: int):
@@ -494,11 +580,7 @@ class Augmenter:
             raise ValueError(f"seed must be within 0..2**64-1, got {seed}")
 
         chain: list[dict[str, Any]] = []
-        with _RNG_LOCK:
-            random.seed(seed)
-            # The legacy global NumPy seed takes 32-bit words; pass both halves so that
-            # 63-bit copy seeds do not collide modulo 2**32.
-            np.random.seed(np.array([seed & 0xFFFFFFFF, seed >> 32], dtype=np.uint32))
+        with _seeded(seed):
             for name, transform in self._transforms:
                 # Fresh parameter dict: no keys left over from an earlier call, and frozen
                 # parameters (never used here) cannot leak across copies.

@@ -29,7 +29,8 @@ def _raise_terminated(signum: int, frame: object) -> None:
 class _Group(OneLineErrorGroup):
     """Turns :class:`SerprepError` and ``OSError`` into a one-line ``error:`` message, exit code 1,
     and Ctrl-C or SIGTERM into ``error: interrupted ...`` / ``error: terminated ...``, exit code
-    130 / 143, after the build cleaned up (temp file removed, workers stopped)."""
+    130 / 143, after the build cleaned up (temp file removed, workers stopped; a journal that
+    holds blocks kept for ``--resume``, which the line then says)."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -43,7 +44,12 @@ class _Group(OneLineErrorGroup):
             ctx.exit(1)
         except KeyboardInterrupt as exc:
             what, code = ("terminated (SIGTERM)", 143) if isinstance(exc, _Terminated) else ("interrupted", 130)
-            click.echo(f"error: {what}; nothing written (a previous store at --out is unchanged)", err=True)
+            notes = getattr(exc, "__notes__", None)  # the build's journal kept blocks (serprep.journal)
+            if notes:
+                click.echo(f"error: {what}; no store written (a previous store at --out is unchanged); {notes[0]}",
+                           err=True)
+            else:
+                click.echo(f"error: {what}; nothing written (a previous store at --out is unchanged)", err=True)
             ctx.exit(code)
 
 
@@ -82,25 +88,56 @@ def main() -> None:
 @click.option("--max-copies", default=4, show_default=True, type=int, help="Most augmented copies per utterance when balancing.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for augmentation and sampling indices.")
 @click.option("--jobs", "-j", default=-1, show_default=True, type=int, help="Extraction workers (-1 or 0 = all cores).")
-@click.option("--backend", type=click.Choice(["auto", "threads", "processes"]), default="auto", show_default=True,
-              help="Extraction workers: threads (plain builds), processes (used for --augment), auto picks.")
+@click.option("--backend", type=click.Choice(["auto", "threads", "processes", "dask"]), default="auto",
+              show_default=True,
+              help="Extraction workers: threads (plain builds), processes (used for --augment), auto picks; "
+                   "dask: on a Dask cluster (--scheduler; the same store; --jobs is ignored, the cluster's "
+                   "worker threads are the jobs; README: Building on a cluster).")
+@click.option("--scheduler", default=None, metavar="tcp://HOST:8786",
+              help="Dask scheduler for --backend dask (default: $DASK_SCHEDULER_ADDRESS). Workers read the "
+                   "corpus at the same absolute path as this command.")
 @click.option("--strict", is_flag=True,
               help="Abort on the first unreadable audio file or label line that does not parse, instead of "
                    "skipping and recording it.")
-@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace --out if it exists; without --resume, also discard the journal of an interrupted build.")
+@click.option("--resume", is_flag=True,
+              help="Continue a build of this --out that was killed or interrupted: the blocks it extracted into "
+                   "OUT.partial/ are kept and the rest extracted, giving the same store as an uninterrupted build. "
+                   "Refused (one line saying what differs) if the options, corpus or package versions differ; "
+                   "with no journal there, it simply builds from the start.")
+@click.option("--no-journal", is_flag=True,
+              help="Do not keep extracted blocks in OUT.partial/ while building (saves disk space about the "
+                   "store's size; a killed build then cannot be resumed).")
+@click.option("--block-seconds", default=60.0, type=float, hidden=True,
+              help="Seconds of audio per work block (and journal file).")
 @click.option("--task-timeout", default=900.0, show_default=True, type=float, help="Seconds a worker may spend on one block.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def build(corpus, root, out, protocol_ref, classes, subset, n_mels, segment_frames, segment_hop, augment, copies,
-          balance, max_copies, seed, jobs, backend, strict, overwrite, task_timeout, quiet) -> None:
+          balance, max_copies, seed, jobs, backend, scheduler, strict, overwrite, task_timeout, quiet,
+          resume, no_journal, block_seconds) -> None:
     """Build a feature store from a corpus directory.
 
     \b
     serprep build iemocap --root /data/IEMOCAP_full_release --out feats.h5
     serprep build msp-improv --root /data/MSP-IMPROV --out msp.h5 --augment default --balance
     serprep build iemocap --root /data/IEMOCAP_full_release --protocol acrnn --out feats-acrnn.h5
+    serprep build iemocap --root /data/IEMOCAP_full_release --out feats.h5 --resume   # after a kill
+
+    While it runs, a build keeps each extracted block in OUT.partial/ beside --out (about the
+    store's size again on disk); it removes the folder once the store is written or when it
+    fails with an error. A killed or interrupted build leaves it there for --resume.
     """
     from .build import BuildOptions, build_store
 
+    if backend == "dask":
+        from .dask_backend import ENV_VAR, scheduler_address
+
+        if not scheduler_address(scheduler):
+            raise click.UsageError(f"--backend dask needs --scheduler tcp://HOST:8786 or {ENV_VAR}")
+        root = root.absolute()  # workers read the corpus at this path
+    elif scheduler:
+        raise click.UsageError("--scheduler is for --backend dask")
     protocol = None
     if protocol_ref:
         from .protocol import BUILD_FLAGS, load_protocol
@@ -121,7 +158,8 @@ def build(corpus, root, out, protocol_ref, classes, subset, n_mels, segment_fram
         features=FeatureConfig(n_mels=n_mels),
         segments=SegmentConfig(frames=segment_frames, hop=segment_hop, min_hop=max(1, min(50, segment_hop))),
         augment=augment, copies=copies, balance=balance, max_copies=max_copies, seed=seed, jobs=jobs, backend=backend,
-        strict=strict, overwrite=overwrite, progress=not quiet, task_timeout=task_timeout, protocol=protocol,
+        scheduler=scheduler, strict=strict, overwrite=overwrite, progress=not quiet, task_timeout=task_timeout,
+        protocol=protocol, resume=resume, journal=not no_journal, block_seconds=block_seconds,
     )
     s = build_store(opts, log=lambda m: click.echo(m, err=True))
     click.echo(
@@ -227,13 +265,19 @@ def report(store: Path, out: Path, scheme: str | None) -> None:
 
 @main.command("clean-tmp")
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path), default=".")
-def clean_tmp(folder: Path) -> None:
+@click.option("--journals", is_flag=True,
+              help="Also remove the journals (NAME.partial/) of interrupted builds, which --resume would continue.")
+def clean_tmp(folder: Path, journals: bool) -> None:
     """Remove temporary store files and lock files left in FOLDER by builds that were killed.
 
     Only files named like a build's temp file (.NAME.tmp-HOST-PID) whose process is gone on
     this host, and build lock files (.NAME.lock) that nobody holds; a running build's files, or
-    a temp file from another host sharing the folder, are kept. FOLDER defaults to the current one.
+    a temp file from another host sharing the folder, are kept. The journals of interrupted
+    builds (NAME.partial/: extracted blocks that `serprep build --resume` continues from) are
+    listed with their size, and removed with --journals; a running build's journal is never
+    touched. FOLDER defaults to the current one.
     """
+    from .journal import discard_journal, interrupted_journals
     from .output import remove_stale_locks, remove_stale_temps
 
     if not folder.is_dir():
@@ -241,7 +285,20 @@ def clean_tmp(folder: Path) -> None:
     removed = remove_stale_temps(folder) + remove_stale_locks(folder)
     for path in removed:
         click.echo(f"removed {path}")
-    click.echo(f"{len(removed)} stale temporary or lock file(s) removed from {folder}")
+    kept = 0
+    for journal in interrupted_journals(folder):
+        what = (f"{len(journal.blocks)} extracted block(s), {journal.size / 2**20:.1f} MiB, of an interrupted "
+                f"build of {journal.out_name}")
+        if journals:
+            discard_journal(journal.path)
+            click.echo(f"removed {journal.path}/ ({what})")
+            removed.append(journal.path)
+        else:
+            kept += 1
+            click.echo(f"kept {journal.path}/ ({what}): `serprep build ... --out {journal.path.parent / journal.out_name} "
+                       "--resume` continues it; `serprep clean-tmp --journals` removes it")
+    click.echo(f"{len(removed)} stale temporary, lock or journal file(s) removed from {folder}"
+               + (f"; {kept} journal(s) kept" if kept else ""))
 
 
 @main.command("demo-corpus")

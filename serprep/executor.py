@@ -10,6 +10,11 @@ blocks and waits for the running ones, so nothing runs when Python shuts down.
 
 Worker processes come from loky (joblib's process backend, kept alive between builds) and
 exit on their own if the build process dies (``kill -9``), see :func:`exit_with_parent`.
+
+The ``dask`` kind runs the same loop on a Dask distributed cluster, through the client's
+``concurrent.futures`` executor (:mod:`serprep.dask_backend` connects and checks the workers):
+at most ``2 x`` the cluster's worker threads in flight, an abort cancels the queued blocks
+(running ones finish on their workers and their results are dropped) and closes the client.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import os
 import threading
 import time
 from collections import deque
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Executor, Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Iterator
 
 from .errors import SerprepError
@@ -47,23 +52,38 @@ def exit_with_parent(parent: int) -> None:
 
 
 class BlockRunner:
-    """``threads``, ``processes`` or ``inline`` (one job: the calling thread) execution of blocks.
+    """``threads``, ``processes``, ``inline`` (one job: the calling thread) or ``dask``
+    execution of blocks.
 
     Use as a context manager; :meth:`map` yields ``fn(item)`` in the order of ``items``.
     Leaving the context with an exception cancels what has not started and waits for what
     runs (threads), so no worker is busy once the caller returns.
+
+    ``dask`` connects to ``scheduler`` (None: ``$DASK_SCHEDULER_ADDRESS``) and checks that
+    every worker can read ``root``, the corpus root the blocks' paths are relative to; it
+    ignores ``jobs``: the cluster's worker threads are the jobs.
     """
 
     def __init__(self, kind: str, jobs: int, timeout: float | None = None,
-                 process_initializer: Callable[[int], None] | None = None) -> None:
-        if kind not in ("threads", "processes", "inline"):
+                 process_initializer: Callable[[int], None] | None = None,
+                 scheduler: str | None = None, root: str | None = None) -> None:
+        if kind not in ("threads", "processes", "inline", "dask"):
             raise SerprepError(f"unknown execution kind {kind!r}")
-        self.kind = "inline" if jobs <= 1 else kind
+        self.kind = "inline" if jobs <= 1 and kind != "dask" else kind
         self.jobs = max(1, jobs)
         self.timeout = timeout
         self._executor: Executor | None = None
         self._pending: deque[Future] = deque()
-        if self.kind == "threads":
+        self._client: Any = None  # dask: the distributed.Client
+        self._root = root
+        if self.kind == "dask":
+            from .dask_backend import connect
+
+            if root is None:
+                raise SerprepError("the dask backend needs the corpus root")
+            self._client, self.jobs = connect(scheduler, root)
+            self._executor = self._client.get_executor(pure=False)  # no hashing of the blocks for keys
+        elif self.kind == "threads":
             self._executor = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="serprep-extract")
         elif self.kind == "processes":
             from joblib.externals.loky import get_reusable_executor
@@ -84,6 +104,10 @@ class BlockRunner:
             for item in items:
                 yield fn(item)
             return
+        if self.kind == "dask":
+            from .dask_backend import WorkerTask
+
+            fn = WorkerTask(fn, self._root)
         source = iter(items)
         limit = 2 * self.jobs
         for item in source:
@@ -105,7 +129,16 @@ class BlockRunner:
             raise SerprepError(
                 f"a block of utterances took longer than --task-timeout {self.timeout:.0f} s; nothing written"
             ) from None
+        except CancelledError:
+            if self.kind != "dask":
+                raise
+            # The scheduler forgot the block (restarted, connection lost).
+            raise SerprepError("the dask cluster dropped a block of utterances (scheduler restarted or "
+                               "connection lost?); nothing written") from None
         except Exception as exc:
+            if type(exc).__name__ == "KilledWorker":
+                raise SerprepError("dask workers died running a block of utterances (out of memory or "
+                                   "killed?); the workers' logs say why") from None
             if type(exc).__name__ in ("TerminatedWorkerError", "BrokenProcessPool"):
                 raise SerprepError(
                     "a feature worker process died (out of memory or killed?); try --jobs 1 to see the failing file"
@@ -119,6 +152,10 @@ class BlockRunner:
             future.cancel()
         if self.kind == "threads" and self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=cancel)
+        if self._client is not None:  # dask: running blocks finish on their workers, unread
+            client, self._client = self._client, None
+            self._executor.shutdown(wait=False)
+            client.close()
         # loky's executor is reused by the next build in this process; its running blocks
         # finish in the workers and their results are dropped.
 

@@ -115,6 +115,21 @@ def remove_stale_locks(folder: Path) -> list[Path]:
     return removed
 
 
+def lock_held(out: Path) -> bool:
+    """Whether a build holds ``out``'s lock (:class:`OutputLock`) now."""
+    try:
+        fd = os.open(Path(out).with_name(f".{Path(out).name}.lock"), os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the lock if this took it
+    return False
+
+
 class OutputLock:
     """Exclusive ``flock`` on ``.<name>.lock`` beside ``out`` for the life of a build.
 

@@ -69,7 +69,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple, Sequence
 
 import h5py
 import numpy as np
@@ -96,20 +96,155 @@ _DIGEST_BLOCK_BYTES = 16 * 1024 * 1024
 #: Suffix of a checksum-table key that names an object's attributes rather than a dataset.
 ATTRS_KEY = "@attrs"
 
-#: The segment table's columns and their on-disk dtypes.
+#: The segment table's columns and their on-disk dtypes (the fields of :class:`SegmentTable`).
 SEGMENT_DTYPES = {
     "item": np.int64, "utt": np.int64, "copy": np.int32, "offset": np.int64, "valid": np.int32,
     "dense": np.uint8, "emotion": np.int16, "gender": np.int16, "speaker": np.int32,
 }
 SEGMENT_COLUMNS = tuple(SEGMENT_DTYPES)
 ITEM_COLUMNS = ("utt", "copy", "frame_start", "n_frames", "augmentation")
-FAILURE_COLUMNS = ("utt_id", "path", "error")
 #: ``/vocab/gender``; the manifest writes :data:`UNKNOWN_GENDER` (segment id -1) for anyone else.
 GENDERS = ("F", "M")
 UNKNOWN_GENDER = "U"
 #: Prefix of the pseudo speaker that stands for utterances whose speaker the corpus does not know.
 UNKNOWN_SPEAKER_PREFIX = "unknown:"
-WARNING_COLUMNS = ("utt_id", "path", "message")
+
+
+class ItemRow(NamedTuple):
+    """One item (an utterance's original or an augmented copy) as :meth:`StoreWriter.add_block`
+    takes it; ``/items`` gets ``utt``, ``copy``, ``n_frames``, ``augmentation`` and the item's
+    ``frame_start``. ``digest`` is :func:`frames_digest` of its frames (None: computed there)."""
+
+    utt: int
+    copy: int
+    n_frames: int
+    augmentation: str
+    digest: str | None = None
+
+
+class FailureRow(NamedTuple):
+    """A row of ``/failures`` (:meth:`StoreReader.failures`): a file or label line skipped."""
+
+    utt_id: str
+    path: str
+    error: str
+
+
+class WarningRow(NamedTuple):
+    """A row of ``/warnings`` (:meth:`StoreReader.warnings`): accepted, but worth knowing."""
+
+    utt_id: str
+    path: str
+    message: str
+
+
+FAILURE_COLUMNS = FailureRow._fields
+WARNING_COLUMNS = WarningRow._fields
+
+
+@dataclass
+class SegmentTable:
+    """The segment table (row i = segment i) as :meth:`StoreReader.segments` returns it; the
+    columns are cast to their on-disk dtypes (:data:`SEGMENT_DTYPES`) and must be equally long."""
+
+    item: np.ndarray
+    utt: np.ndarray
+    copy: np.ndarray
+    offset: np.ndarray
+    valid: np.ndarray
+    dense: np.ndarray
+    emotion: np.ndarray
+    gender: np.ndarray
+    speaker: np.ndarray
+
+    def __post_init__(self) -> None:
+        for name, dtype in SEGMENT_DTYPES.items():
+            setattr(self, name, np.asarray(getattr(self, name), dtype=dtype).reshape(-1))
+        lengths = {len(getattr(self, name)) for name in SEGMENT_COLUMNS}
+        if len(lengths) > 1:
+            raise StoreError(f"segment table columns differ in length ({sorted(lengths)})")
+
+    def __len__(self) -> int:
+        return len(self.item)
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """Column name -> array, in :data:`SEGMENT_COLUMNS` order."""
+        return {name: getattr(self, name) for name in SEGMENT_COLUMNS}
+
+    @classmethod
+    def concat(cls, parts: Sequence["SegmentTable"]) -> "SegmentTable":
+        """The rows of ``parts`` one after the other (an empty table for no parts)."""
+        if not parts:
+            return cls(**{name: np.zeros(0, dtype) for name, dtype in SEGMENT_DTYPES.items()})
+        return cls(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in SEGMENT_COLUMNS})
+
+
+@dataclass
+class Manifest:
+    """The utterance table (row i = utterance i) as :meth:`StoreReader.manifest` returns it.
+
+    ``utterances`` are the corpus reader's :class:`serprep.corpora.Utterance` rows (id, corpus,
+    session, speaker, gender, raw label, path and the corpus' extra columns); the other fields
+    are what the build decided or found for each, in the same order. ``duration``: None = not
+    known (written as NaN).
+    """
+
+    utterances: Sequence[Any]
+    emotion: Sequence[str]
+    duration: Sequence[float | None]
+    status: Sequence[str]
+    n_segments: Sequence[int]
+    audio_sha256: Sequence[str]
+    source_rate: Sequence[int]
+
+    def columns(self) -> Iterator[tuple[str, list[Any]]]:
+        """``(name, values)`` per manifest column, made one at a time (a large corpus' whole
+        table at once was the largest allocation of a build's last phase)."""
+        utts = self.utterances
+        for name in ("utt_id", "corpus", "session", "speaker", "gender", "emotion_raw"):
+            yield name, [getattr(u, name) for u in utts]
+        yield "emotion", list(self.emotion)
+        yield "duration", [float("nan") if d is None else float(d) for d in self.duration]
+        yield "path", [u.path for u in utts]
+        yield "status", list(self.status)
+        yield "n_segments", [int(n) for n in self.n_segments]
+        yield "audio_sha256", list(self.audio_sha256)
+        yield "source_rate", [int(r) for r in self.source_rate]
+        for key in sorted({k for u in utts for k in u.extras}):
+            yield key, _extra_column([u.extras.get(key) for u in utts])
+
+
+def _extra_column(values: list[Any]) -> list[Any]:
+    """A corpus extra as a column: numbers (None -> NaN) or strings (None -> "")."""
+    if all(isinstance(v, (int, float)) or v is None for v in values):
+        return [float("nan") if v is None else float(v) for v in values]
+    return ["" if v is None else str(v) for v in values]
+
+
+@dataclass
+class BuildRecord:
+    """The root attributes a build writes about itself (the writer adds the format, schema,
+    feature config and checksums); :meth:`StoreReader.record` reads them back."""
+
+    corpus: str
+    created: str  # UTC, ISO 8601, seconds
+    versions: dict[str, str]
+    segment_config: SegmentConfig
+    build: dict[str, Any]  # classes, subset, augmentation, balancing, seed, fold notes, protocol
+    label_manifest: dict[str, Any]
+    corpus_fingerprint: str
+
+    def attrs(self) -> dict[str, str]:
+        """The root attributes, JSON values with sorted keys."""
+        return {
+            "corpus": self.corpus,
+            "created": self.created,
+            "versions": json.dumps(self.versions, sort_keys=True),
+            "segment_config": json.dumps(self.segment_config.to_dict(), sort_keys=True),
+            "build": json.dumps(self.build, sort_keys=True),
+            "label_manifest": json.dumps(self.label_manifest, sort_keys=True),
+            "corpus_fingerprint": self.corpus_fingerprint,
+        }
 
 
 def is_known_speaker(speaker: str) -> bool:
@@ -324,6 +459,12 @@ class StoreWriter:
     never replaces a file that appeared at ``path`` meanwhile unless ``overwrite``. A full
     disk ends in one :class:`StoreError` ("no space left on device while writing ...") with
     the temporary file removed, never in a crash (see :class:`serprep.output.GuardedFile`).
+
+    Its typed methods take what :class:`StoreReader` gives back: :meth:`add_block` frames with
+    their :class:`ItemRow` s (``/items``, written by :meth:`finalize`), :meth:`write_manifest`
+    a :class:`Manifest`, :meth:`write_segments` a :class:`SegmentTable`, :meth:`write_fold` a
+    :class:`Fold`, :meth:`write_vocab`, :meth:`write_failures` / :meth:`write_warnings` rows
+    and :meth:`write_record` a :class:`BuildRecord`; no caller lists a column.
     """
 
     def __init__(self, path: str | Path, feature_config: FeatureConfig, *, overwrite: bool = False) -> None:
@@ -363,12 +504,12 @@ class StoreWriter:
         raise StoreError(f"cannot write {self.path} ({error.strerror or error}); nothing written")
 
     # -- features ---------------------------------------------------------------------------
-    def add_block(self, frames: np.ndarray, items: list[tuple[int, int, int, str, str | None]]) -> list[int]:
+    def add_block(self, frames: np.ndarray, items: Sequence[ItemRow]) -> list[int]:
         """Append the frames of several items, back to back in storage layout ``[T, 3, n_mels]``.
 
-        ``items`` are ``(utt, copy, n_frames, augmentation, digest)`` in the order of their
-        frames, ``digest`` being :func:`frames_digest` of the item's frames (None: computed
-        here). Returns the item ids. The block goes to HDF5 in one write, straight from the
+        ``items`` are :class:`ItemRow` ``(utt, copy, n_frames, augmentation, digest)`` (plain
+        tuples work too) in the order of their frames, ``digest`` being :func:`frames_digest`
+        of the item's frames (None: computed here). Returns the item ids. The block goes to HDF5 in one write, straight from the
         caller's array: the extraction workers hand over whole blocks, so the writer never
         copies frames itself.
         """
@@ -418,11 +559,31 @@ class StoreWriter:
             ds.attrs[key] = value
         self._check_sink()
 
-    def write_segments(self, columns: dict[str, np.ndarray]) -> None:
-        """The segment table: exactly :data:`SEGMENT_COLUMNS`, in their on-disk dtypes."""
-        if set(columns) != set(SEGMENT_COLUMNS):
-            raise StoreError(f"segment table columns {sorted(columns)} differ from {list(SEGMENT_COLUMNS)}")
-        self.write_table("segments", {k: np.asarray(columns[k], dtype=SEGMENT_DTYPES[k]) for k in SEGMENT_COLUMNS})
+    def write_segments(self, segments: SegmentTable) -> None:
+        """``/segments``: the segment table, in its on-disk dtypes."""
+        self.write_table("segments", segments.columns())
+
+    def write_manifest(self, manifest: Manifest) -> None:
+        """``/manifest``: one dataset per column, written one column at a time."""
+        for name, values in manifest.columns():
+            self.write_table("manifest", {name: values})
+
+    def write_vocab(self, emotion: Sequence[str], speaker: Sequence[str]) -> None:
+        """``/vocab``: the emotion and speaker labels of the segment ids (genders are fixed:
+        :data:`GENDERS`)."""
+        self.write_table("vocab", {"emotion": list(emotion), "gender": list(GENDERS), "speaker": list(speaker)})
+
+    def write_failures(self, rows: Sequence[FailureRow]) -> None:
+        """``/failures``: the files and label lines the build skipped (empty columns included)."""
+        self._write_rows("failures", FAILURE_COLUMNS, rows)
+
+    def write_warnings(self, rows: Sequence[WarningRow]) -> None:
+        """``/warnings``: what the build accepted but reported (empty columns included)."""
+        self._write_rows("warnings", WARNING_COLUMNS, rows)
+
+    def write_record(self, record: BuildRecord) -> None:
+        """The root attributes that describe the build (:class:`BuildRecord`)."""
+        self.set_attrs(**record.attrs())
 
     def write_fold(self, fold: "Fold") -> None:
         """One fold as :meth:`StoreReader.fold` returns it; refuses non-finite statistics."""
@@ -443,8 +604,8 @@ class StoreWriter:
             **({"label": json.dumps(fold.label)} if fold.label else {}),
         )
 
-    def write_rows(self, group: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-        """A string table (``/failures``, ``/warnings``) from rows, empty columns included."""
+    def _write_rows(self, group: str, columns: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
+        """A string table from rows, empty columns included."""
         self.write_table(group, {name: np.array([r[k] for r in rows], dtype=object) for k, name in enumerate(columns)})
 
     def set_group_attrs(self, group: str, **attrs: Any) -> None:
@@ -678,6 +839,18 @@ class StoreReader:
     @property
     def build(self) -> dict[str, Any]:
         return json.loads(self.attrs.get("build", "{}"))
+
+    def record(self) -> BuildRecord:
+        """The build's own root attributes, as :meth:`StoreWriter.write_record` wrote them."""
+        try:
+            return BuildRecord(
+                corpus=str(self.attrs["corpus"]), created=str(self.attrs["created"]),
+                versions=json.loads(self.attrs["versions"]), segment_config=self.segment_config,
+                build=json.loads(self.attrs["build"]), label_manifest=json.loads(self.attrs["label_manifest"]),
+                corpus_fingerprint=str(self.attrs["corpus_fingerprint"]),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise StoreError(f"{self.path}: unreadable build record ({_short(exc)})") from None
 
     @property
     def n_segments(self) -> int:

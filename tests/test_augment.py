@@ -6,6 +6,7 @@ import json
 import math
 import multiprocessing as mp
 import random
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,45 @@ def test_same_output_in_spawned_process() -> None:
         there = pool.apply(aug.apply, (x, seed))
     assert np.array_equal(here[0], there[0])
     assert here[1] == there[1]
+
+
+def test_other_threads_drawing_from_the_global_generators_change_nothing() -> None:
+    """Copies do not depend on what else the process draws meanwhile: a Dask worker's event
+    loop calls ``random.sample`` (``dask.sizeof``) while the next block is augmented, which
+    shifted copies when ``apply`` seeded the process-global generators (a store built on a
+    cluster then differed from a local one). Every transform, always applied."""
+    extra = [{"name": "AddGaussianNoise", "p": 1.0}, {"name": "LowPassFilter", "p": 1.0},
+             {"name": "HighPassFilter", "p": 1.0}]
+    aug = Augmenter({"name": "every", "transform": ALL_ON["transform"] + extra}, SR)
+    names = {e["name"] for e in ALL_ON["transform"] + extra}
+    from serprep.augment import TRANSFORMS
+
+    assert names == set(TRANSFORMS)
+    x = _speechlike(seconds=0.5)
+    seeds = [copy_seed(0, f"utt{i}", 1) for i in range(6)]
+    quiet = [aug.apply(x, s) for s in seeds]
+    stop = threading.Event()
+
+    def draw() -> None:  # what another thread of the process may do at any time
+        while not stop.is_set():
+            random.random()
+            random.sample(range(100), 3)
+            np.random.rand(3)
+
+    thread = threading.Thread(target=draw)
+    thread.start()
+    try:
+        busy = [aug.apply(x, s) for s in seeds]
+    finally:
+        stop.set()
+        thread.join()
+    for (y1, c1), (y2, c2) in zip(quiet, busy):
+        assert c1 == c2 and np.array_equal(y1, y2)
+    # ... and apply leaves the global generators' states alone.
+    random.seed(5)
+    np.random.seed(5)
+    aug.apply(x, seeds[0])
+    assert (random.random(), np.random.rand()) == (random.Random(5).random(), np.random.RandomState(5).rand())
 
 
 def test_chain_parameters_within_configured_ranges() -> None:

@@ -13,7 +13,8 @@ import pytest
 
 from serprep.config import FeatureConfig
 from serprep.errors import StoreError
-from serprep.store import CHUNK_FRAMES, SEGMENT_DTYPES, StoreReader, StoreWriter, _plain, attrs_digest, dataset_digest, root_digest, verify
+from serprep.store import (CHUNK_FRAMES, SEGMENT_DTYPES, SegmentTable, StoreReader, StoreWriter, _plain, attrs_digest,
+                           dataset_digest, root_digest, verify)
 
 
 def _minimal_tables(writer: StoreWriter, n_utts: int) -> None:
@@ -121,7 +122,7 @@ def test_fold_statistics_must_be_finite_to_be_written_and_read(tmp_path):
     writer = StoreWriter(tmp_path / "s.h5", FeatureConfig())
     writer.add_frames(0, 0, np.ones((5, 3, 40), np.float32))
     writer.write_table("manifest", {"utt_id": ["u0"]})
-    writer.write_segments({k: np.zeros(1, dtype=t) for k, t in SEGMENT_DTYPES.items()})
+    writer.write_segments(SegmentTable(**{k: np.zeros(1, dtype=t) for k, t in SEGMENT_DTYPES.items()}))
     writer.write_table("vocab", {"emotion": ["ang", "neu"]})
     writer.set_attrs(segment_config='{"frames": 300, "hop": 150, "min_hop": 50}')
     nan_mean = np.zeros((3, 40), np.float32)
@@ -141,3 +142,46 @@ def test_fold_statistics_must_be_finite_to_be_written_and_read(tmp_path):
     assert reader.fold("loso", 2).norm_mean.shape == (3, 40)
     with pytest.raises(StoreError, match="fold loso/1 has non-finite normalisation statistics"):
         reader.fold("loso", 1)
+
+
+def test_typed_tables_read_back_as_the_reader_returns_them(tmp_path):
+    """write_manifest / write_segments / write_vocab / write_failures / write_warnings /
+    write_record mirror StoreReader.manifest / segments / vocab / failures / warnings / record."""
+    from serprep.config import SegmentConfig
+    from serprep.corpora import Utterance
+    from serprep.store import BuildRecord, FailureRow, Manifest
+
+    utts = [Utterance("u0", "c", "S1", "spk0", "F", "ang", "a/u0.wav", extras={"valence": 2.5, "mode": "impro"}),
+            Utterance("u1", "c", "S1", "spk1", "M", "xxx", "a/u1.wav", extras={"valence": None})]
+    writer = StoreWriter(tmp_path / "s.h5", FeatureConfig())
+    writer.add_frames(0, 0, np.ones((5, 3, 40), np.float32))
+    writer.write_manifest(Manifest(utterances=utts, emotion=["ang", ""], duration=[1.25, None], status=["ok", "excluded"],
+                                   n_segments=[1, 0], audio_sha256=["ab" * 32, ""], source_rate=[16000, 0]))
+    segments = SegmentTable(item=[0], utt=[0], copy=[0], offset=[0], valid=[5], dense=[0], emotion=[0], gender=[0],
+                            speaker=[0])
+    writer.write_segments(segments)
+    writer.write_vocab(["ang", "neu"], ["spk0", "spk1"])
+    writer.write_failures([FailureRow("u9", "a/u9.wav", "empty file")])
+    writer.write_warnings([])
+    record = BuildRecord(corpus="c", created="2026-01-01T00:00:00+00:00", versions={"serprep": "x"},
+                         segment_config=SegmentConfig(), build={"seed": 3}, label_manifest={"version": "1"},
+                         corpus_fingerprint="f" * 64)
+    writer.write_record(record)
+    writer.finalize()
+    reader = StoreReader(tmp_path / "s.h5")
+    m = reader.manifest()
+    assert m.utt_id.tolist() == ["u0", "u1"] and m.emotion.tolist() == ["ang", ""] and m.path.tolist() == ["a/u0.wav", "a/u1.wav"]
+    assert m.duration[0] == 1.25 and np.isnan(m.duration[1]) and m.status.tolist() == ["ok", "excluded"]
+    assert m.n_segments.tolist() == [1, 0] and m.audio_sha256.tolist() == ["ab" * 32, ""]
+    assert m.source_rate.tolist() == [16000, 0] and m["mode"].tolist() == ["impro", ""]
+    assert m.valence[0] == 2.5 and np.isnan(m.valence[1])
+    segs = reader.segments()
+    assert list(segs.columns) == list(SEGMENT_DTYPES) and segs.valid.tolist() == [5]
+    assert {k: segs[k].dtype for k in segs if k != "dense"} == {k: np.dtype(t) for k, t in SEGMENT_DTYPES.items() if k != "dense"}
+    assert reader.vocab("speaker") == ["spk0", "spk1"] and reader.vocab("gender") == ["F", "M"]
+    assert reader.failures().values.tolist() == [["u9", "a/u9.wav", "empty file"]]
+    assert reader.warnings().empty and list(reader.warnings().columns) == ["utt_id", "path", "message"]
+    assert reader.record() == record
+    with pytest.raises(StoreError, match=r"segment table columns differ in length \(\[1, 2\]\)"):
+        SegmentTable(item=[0, 1], utt=[0], copy=[0], offset=[0], valid=[5], dense=[0], emotion=[0], gender=[0],
+                     speaker=[0])
