@@ -2,7 +2,7 @@
 resumed build costs after a kill at ~50 %, measured in one run.
 
     python benchmarks/bench_resume.py                     # 4-hour demo corpus, plain and augmented
-    python benchmarks/bench_resume.py --hours 1 --repeats 5 --baseline-tree /tmp/serprep_head
+    python benchmarks/bench_resume.py --hours 1 --repeats 5 --baseline-tree OLD_TREE   (OLD_TREE: e.g. `git archive` of the previous commit)
 
 For each kind of build (plain; ``--augment default --balance``) and each repeat, in this
 order (interleaved, so that drift of the machine hits every row alike), each command in its
