@@ -187,9 +187,11 @@ def resolve_backend(backend: str, augment: bool, jobs: int) -> str:
     Threads are the default for plain builds: the decode, FFT, matmul and hashing all run
     with the GIL released, and threads start instantly and hand arrays to the writer without
     pickling (4-hour demo corpus on 2 cores, whole command: 2.36 s with one job, 1.59 s with
-    two threads, 2.2-2.3 s with two processes). Augmentation goes to processes, because
-    audiomentations draws from process-global random state, which a lock serialises.
-    ``dask`` runs them on a Dask cluster (:mod:`serprep.dask_backend`), same store.
+    two threads, 2.2-2.3 s with two processes). Augmented builds with more than one job
+    default to processes, as they did when audiomentations' process-global random state had to
+    be serialised; each copy now draws from its own seeded generators (:mod:`serprep.augment`),
+    so every backend writes the same store. ``dask`` runs them on a Dask cluster
+    (:mod:`serprep.dask_backend`).
     """
     if backend not in ("auto", "threads", "processes", "dask"):
         raise SerprepError(f"unknown --backend {backend!r}; choose auto, threads, processes or dask")
@@ -265,7 +267,8 @@ def _build_locked(opts: BuildOptions, spec: CorpusSpec, root: Path, out: Path,
         log(
             f"{opts.corpus}: {len(plan.utts)} utterances, {len(plan.labelled)} in {plan.classes}/{plan.subset}; "
             f"extracting {sum(1 + t.copies for t in plan.tasks)} items (~{plan.total_seconds / 3600:.2f} h audio) "
-            f"with {jobs} job(s)"
+            + (f"on the dask cluster at {runner.address} ({runner.jobs} worker threads)" if runner.kind == "dask"
+               else f"with {jobs} job(s)")
         )
         with journal_lifetime(journal):
             summary = _extract_and_write(opts, plan, journal, _Workers(runner, background, warm, extract),

@@ -61,7 +61,7 @@ class BlockRunner:
 
     ``dask`` connects to ``scheduler`` (None: ``$DASK_SCHEDULER_ADDRESS``) and checks that
     every worker can read ``root``, the corpus root the blocks' paths are relative to; it
-    ignores ``jobs``: the cluster's worker threads are the jobs.
+    ignores ``jobs``: the cluster's worker threads are the jobs (``self.jobs`` after connecting).
     """
 
     def __init__(self, kind: str, jobs: int, timeout: float | None = None,
@@ -76,12 +76,14 @@ class BlockRunner:
         self._pending: deque[Future] = deque()
         self._client: Any = None  # dask: the distributed.Client
         self._root = root
+        self.address: str | None = None  # dask: the scheduler's address (for the build log)
         if self.kind == "dask":
             from .dask_backend import connect
 
             if root is None:
                 raise SerprepError("the dask backend needs the corpus root")
             self._client, self.jobs = connect(scheduler, root)
+            self.address = self._client.scheduler.address
             self._executor = self._client.get_executor(pure=False)  # no hashing of the blocks for keys
         elif self.kind == "threads":
             self._executor = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="serprep-extract")

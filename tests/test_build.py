@@ -176,6 +176,24 @@ def test_same_input_same_store_content(iemocap_root, iemocap_store, tmp_path, ba
         assert a.attrs["corpus_fingerprint"] == b.attrs["corpus_fingerprint"]
 
 
+def test_augmented_store_is_the_same_with_threads_processes_and_one_job(iemocap_root, tmp_path):
+    """Augmented copies draw from their own seeded generators, so where they run (the
+    calling thread, worker threads, worker processes) does not change a byte (README)."""
+    root, _ = iemocap_root
+    options = dict(augment="default", balance=True, block_seconds=15.0)  # many blocks in flight
+    stores = {}
+    for name, jobs, backend in (("one", 1, "auto"), ("threads", 2, "threads"), ("processes", 2, "processes")):
+        stores[name] = tmp_path / f"{name}.h5"
+        summary = build("iemocap", root, stores[name], jobs=jobs, backend=backend, **options)
+        assert summary.n_items > summary.n_extracted  # augmented copies were made
+    with h5py.File(stores["one"], "r") as a:
+        reference = (json.loads(a.attrs["checksums"]), a["features"][...].tobytes())
+    for name in ("threads", "processes"):
+        with h5py.File(stores[name], "r") as b:
+            assert json.loads(b.attrs["checksums"]) == reference[0], name
+            assert b["features"][...].tobytes() == reference[1], name
+
+
 def test_strict_aborts_and_leaves_nothing(iemocap_root, tmp_path):
     root, _ = iemocap_root
     out = tmp_path / "strict.h5"

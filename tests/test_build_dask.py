@@ -123,9 +123,12 @@ def test_cli_takes_the_scheduler_from_DASK_SCHEDULER_ADDRESS(cluster, iemocap_ro
     out = tmp_path / "env.h5"
     # --jobs is ignored with dask (the cluster's threads are the jobs); --block-seconds has no flag.
     r = CliRunner().invoke(main, ["build", "iemocap", "--root", root.name, "--out", str(out),
-                                  "--backend", "dask", "--jobs", "1", "-q"])
+                                  "--backend", "dask", "--jobs", "1"])
     assert r.exit_code == 0, r.output
     assert f"wrote {out}" in r.output
+    # The log names where the work runs: the cluster and its 2 worker threads, not "--jobs 1".
+    assert f"on the dask cluster at {c.scheduler_address} (2 worker threads)" in r.output, r.output
+    assert "with 1 job(s)" not in r.output
     local = tmp_path / "local.h5"
     build("iemocap", root, local, jobs=1)
     _assert_same_store(local, out)
