@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -32,6 +33,11 @@ _CONFIG_OPTIONS: list[tuple[str, str, Any, str]] = [
      "Batches per epoch; 0 = one pass over the balanced index [train.steps_per_epoch]."),
     ("--seed", "train.seed", int, "Random seed (init, dropout, batch order) [train.seed]."),
     ("--num-workers", "train.num_workers", int, "DataLoader worker processes [train.num_workers]."),
+    ("--cache", "train.cache", click.Choice(["none", "device"]),
+     "Training data: none = DataLoader over the store; device = the fold's features read once onto the training "
+     "device (GPU memory; on CPU main memory), batches gathered there (same values) [train.cache]."),
+    ("--compile", "train.compile", click.Choice(["off", "default", "reduce-overhead", "max-autotune"]),
+     "torch.compile the model's fixed-shape parts for training (reduce-overhead: CUDA graphs) [train.compile]."),
     ("--amp", "train.amp", click.Choice(["auto", "bf16", "fp16", "off"]),
      "Mixed precision on CUDA (ignored on CPU) [train.amp]."),
     ("--aggregate", "train.aggregate", click.Choice(["mean", "max"]),
@@ -62,8 +68,8 @@ def _open_for_run(store: Path, verify: bool) -> Any:
 
 _RESUME_HELP = ("Continue an interrupted run from OUT/last.pt (optimizer, epoch, best metric, RNG); "
                 "finished folds are only re-tested. Only the same store, fold, scheme and config "
-                "are continued: --epochs, --patience, --lr, --num-workers and train.eval_batch_size "
-                "may change, any other differing value is refused.")
+                "are continued: --epochs, --patience, --lr, --num-workers, --cache, --compile, "
+                "train.eval_batch_size and train.cache_dtype may change, any other differing value is refused.")
 
 
 def _config_options(func: Callable, *, skip: tuple[str, ...] = (), resume_help: str = _RESUME_HELP) -> Callable:
@@ -111,8 +117,29 @@ def _handle_errors(func: Callable) -> Callable:
     return wrapper
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (its RANK variable; 0 otherwise). Read here rather
+    than from sertrain.distributed so that printing an error never imports torch."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _rank_count() -> int:
+    """How many processes torchrun started (its WORLD_SIZE variable; 1 otherwise)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
 def _fail(message: str, code: int) -> None:
-    click.echo(f"error: {_first_line(message)}", err=True)
+    rank = _rank()
+    if rank == 0:
+        click.echo(f"error: {_first_line(message)}", err=True)
+    elif code not in (2, 130):  # torchrun: bad inputs and Ctrl-C are rank 0's to report
+        click.echo(f"error: [rank {rank}] {_first_line(message)}", err=True)
     sys.exit(code)
 
 
@@ -175,7 +202,25 @@ def _resolve(kwargs: dict[str, Any], protocol: Any = None) -> tuple[Any, dict[st
 
 
 def _logger(quiet: bool) -> Callable[[str], None]:
-    return (lambda m: None) if quiet else (lambda m: click.echo(m))
+    # Under torchrun only rank 0 prints.
+    return (lambda m: None) if quiet or _rank() != 0 else (lambda m: click.echo(m))
+
+
+def _echo(message: str) -> None:
+    """A result line: printed once, by rank 0 under torchrun."""
+    if _rank() == 0:
+        click.echo(message)
+
+
+def _join_torchrun(device: Any) -> bool:
+    """Launched by torchrun with WORLD_SIZE > 1: join its process group (gloo on CPU, nccl
+    on CUDA) for this command, left when the command ends (:mod:`sertrain.distributed`)."""
+    from . import distributed
+
+    if distributed.init_from_env(device):
+        click.get_current_context().call_on_close(distributed.shutdown)
+        return True
+    return False
 
 
 def _parse_folds(text: str | None) -> list[int] | None:
@@ -244,10 +289,17 @@ _TENSORBOARD_OPTION = click.option(
               metavar="N", help="Bootstrap resamples of the confidence intervals (seeded).")
 @_TENSORBOARD_OPTION
 @click.option("--no-report", is_flag=True, help="Do not write report.html.")
+@click.option("--parallel", "n_parallel", type=int, default=None, metavar="K",
+              help="Train K runs (folds x seeds x settings) side by side on the CPU, each in its own process "
+                   "with cores/K torch threads (--threads sets it); results equal the sequential cv's.")
+@click.option("--devices", "devices_text", metavar="LIST", default=None,
+              help="Train runs side by side on these GPUs, one run per listed device at a time (e.g. 0,1,2,3; "
+                   "list a device twice to run two on it).")
 @_config_options
 @_handle_errors
 def cv(store: Path, out_dir: Path, protocol_name: str | None, n_seeds: int | None, folds_text: str | None,
-       aux_text: str | None, n_resamples: int, tensorboard: Path | None, no_report: bool, **kwargs: Any) -> None:
+       aux_text: str | None, n_resamples: int, tensorboard: Path | None, no_report: bool, n_parallel: int | None,
+       devices_text: str | None, **kwargs: Any) -> None:
     """Cross-validate: train every fold (× seed), test each selected checkpoint.
 
     Prints the per-fold table (mean ± sample std over seeds), the summary over all runs, the
@@ -255,25 +307,54 @@ def cv(store: Path, out_dir: Path, protocol_name: str | None, n_seeds: int | Non
     writes metrics.json, predictions.csv, table.txt, confusion.png, curves.png and report.html
     to OUT; with several --aux settings also comparison.md / comparison.json with the paired
     difference of each setting to none.
+
+    \b
+    Several processes:
+      torchrun --nproc-per-node N -m sertrain cv ...   # each run data-parallel over N processes/GPUs
+      sertrain cv ... --parallel 2                      # 2 independent runs at a time (CPU)
+      sertrain cv ... --devices 0,1,2,3                 # one run per GPU at a time
     """
     from .protocols import deviation_text, deviations, provenance, seeds_for
     from .cv import run_cv
 
     protocol = _load_protocol(protocol_name)
     cfg, overrides, device = _resolve(kwargs, protocol)
+    slots = _cv_slots(n_parallel, devices_text, device)
+    _join_torchrun(device)
     folds = _parse_folds(folds_text)
     aux_settings = _parse_aux(aux_text)
     seeds = seeds_for(protocol, n_seeds, cfg.train.seed)
     source = _check_protocol_store(_open_for_run(store, kwargs["verify"]), store, protocol,
                                    _logger(kwargs["quiet"]))
     devs = deviations(protocol, cfg, seeds, aux_settings, folds) if protocol is not None else []
-    if devs:
+    if devs and _rank() == 0:
         click.echo(f"note: this run deviates from protocol {protocol.name}: {deviation_text(devs, list(overrides))} "
                    "(recorded in every result file)", err=True)
     run_cv(source, cfg, out_dir, folds=folds, aux_settings=aux_settings, seeds=seeds,
            provenance=provenance(protocol, devs), device=str(device), resume=kwargs["resume"], overrides=overrides,
-           log=_logger(kwargs["quiet"]), report=lambda m: click.echo(m), tensorboard=tensorboard,
-           n_resamples=n_resamples, html=not no_report)
+           log=_logger(kwargs["quiet"]), report=_echo, tensorboard=tensorboard,
+           n_resamples=n_resamples, html=not no_report, slots=slots, worker_threads=kwargs.get("threads"))
+
+
+def _cv_slots(n_parallel: int | None, devices_text: str | None, device: Any) -> list[str] | None:
+    """Worker slots of ``cv --parallel K`` / ``--devices LIST`` (None: one run at a time, here)."""
+    from . import distributed, parallel
+
+    if n_parallel is None and devices_text is None:
+        return None
+    if distributed.launched_by_torchrun():
+        raise InputError("--parallel/--devices cannot be used under torchrun (there every process trains the "
+                         "same run); use one or the other")
+    if n_parallel is not None and devices_text is not None:
+        raise InputError("--parallel and --devices exclude each other: --parallel K for CPU runs, --devices for GPUs")
+    if devices_text is not None:
+        if device.type != "cuda":
+            raise InputError("--devices lists GPUs, but this run is on the CPU (use --parallel K there)")
+        return parallel.cuda_slots(devices_text)
+    if device.type == "cuda":
+        raise InputError("--parallel K runs CPU processes; on CUDA name the GPUs with --devices (e.g. --devices 0,1)")
+    slots = parallel.cpu_slots(int(n_parallel or 0))
+    return slots if len(slots) > 1 else None
 
 
 @main.command()
@@ -306,7 +387,8 @@ def cv(store: Path, out_dir: Path, protocol_name: str | None, n_seeds: int | Non
     _config_options, skip=("--scheme",),
     resume_help="Continue interrupted seeds from OUT/seed_<s>/last.pt; finished seeds are only re-tested. Only the "
                 "same stores, validation split and config are continued: --epochs, --patience, --lr, "
-                "--num-workers and train.eval_batch_size may change, any other differing value is refused.")
+                "--num-workers, --cache, --compile, train.eval_batch_size and train.cache_dtype may change, any "
+                "other differing value is refused.")
 @_handle_errors
 def cross(train_stores: tuple[Path, ...], test_stores: tuple[Path, ...], out_dir: Path, validation_share: float,
           validation_seed: int, n_seeds: int, within_dirs: tuple[Path, ...], aux: str | None, n_resamples: int,
@@ -331,6 +413,8 @@ def cross(train_stores: tuple[Path, ...], test_stores: tuple[Path, ...], out_dir
     from .config import apply_overrides
     from .cross import run_cross
 
+    if _rank_count() > 1:
+        raise InputError("sertrain cross runs in one process; torchrun runs `sertrain train` and `sertrain cv`")
     cfg, overrides, device = _resolve(kwargs)
     if aux:
         overrides["loss.aux"] = aux
@@ -376,7 +460,10 @@ def _check_protocol_store(source: Any, store: Path, protocol: Any, log: Callable
 @_handle_errors
 def train(store: Path, fold: int, out_dir: Path, aux: str | None, tensorboard: Path | None, **kwargs: Any) -> None:
     """Train one fold, keep the model the selection rule picks on the validation speakers (default: the
-    average of the 3 best validation-UA epochs), and test it."""
+    average of the 3 best validation-UA epochs), and test it.
+
+    `torchrun --nproc-per-node N -m sertrain train ...` trains it data-parallel over N processes
+    (GPUs with CUDA): the global batch (--batch-size) is split over the processes; rank 0 writes."""
     from .config import apply_overrides
     from .report import run_table
     from .train import train_fold
@@ -385,11 +472,12 @@ def train(store: Path, fold: int, out_dir: Path, aux: str | None, tensorboard: P
     if aux:
         overrides["loss.aux"] = aux
         cfg = apply_overrides(cfg, {"loss.aux": aux})
+    _join_torchrun(device)
     result = train_fold(_open_for_run(store, kwargs["verify"]), fold, cfg, out_dir, device=str(device),
                         resume=kwargs["resume"], overrides=overrides, log=_logger(kwargs["quiet"]),
                         tensorboard=tensorboard)
-    click.echo(run_table([result.row()]))
-    click.echo(f"wrote {out_dir / 'best.pt'} and reports in {out_dir}")
+    _echo(run_table([result.row()]))
+    _echo(f"wrote {out_dir / 'best.pt'} and reports in {out_dir}")
 
 
 @main.command()

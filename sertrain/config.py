@@ -32,6 +32,9 @@ from .errors import InputError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
+#: Values of ``train.compile``: off, or a torch.compile mode.
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+
 #: Auxiliary-task settings accepted by ``--aux`` (which configured loss weights are active).
 AUX_SETTINGS = ("none", "gender", "speaker", "gender+speaker")
 
@@ -112,6 +115,15 @@ class TrainConfig:
     #: make the tested model, and what early stopping waits for. The default moved least
     #: between seeds in benchmarks/bench_selection.py (README, "Model selection").
     selection: str = "top3_average"
+    #: Where training batches come from: "none" = DataLoader over the store (workers read and
+    #: normalise each batch); "device" = the fold's normalised segments read once into one tensor
+    #: on the training device, batches gathered there (sertrain.cache; same values).
+    cache: str = "none"
+    #: Element type of a device cache: float32, or bfloat16 (half the memory; bf16 autocast only).
+    cache_dtype: str = "float32"
+    #: torch.compile the model's fixed-shape parts for training: off | default | reduce-overhead
+    #: (CUDA graphs) | max-autotune. Rounding-level differences from eager; compiling takes time.
+    compile: str = "off"
 
 
 @dataclass
@@ -199,6 +211,12 @@ class Config:
             raise InputError(f"{source}: train.steps_per_epoch, patience and num_workers must be >= 0")
         if t.amp not in ("auto", "bf16", "fp16", "off"):
             raise InputError(f"{source}: train.amp must be auto, bf16, fp16 or off, got {t.amp!r}")
+        if t.cache not in ("none", "device"):
+            raise InputError(f"{source}: train.cache must be none or device, got {t.cache!r}")
+        if t.cache_dtype not in ("float32", "bfloat16"):
+            raise InputError(f"{source}: train.cache_dtype must be float32 or bfloat16, got {t.cache_dtype!r}")
+        if t.compile not in COMPILE_MODES:
+            raise InputError(f"{source}: train.compile must be one of {', '.join(COMPILE_MODES)}, got {t.compile!r}")
         if t.aggregate not in ("mean", "max"):
             raise InputError(f"{source}: train.aggregate must be mean or max, got {t.aggregate!r}")
         from .selection import RULES

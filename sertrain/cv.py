@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import distributed
 from .checkpoint import store_content_id
 from .config import Config, apply_overrides
 from .data import fold_ids
@@ -22,6 +23,7 @@ from .errors import InputError
 from .evaluate import clean_json, write_reports
 from .report import comparison_table, cv_table, intervals_table
 from .results import COMPARISON_FORMAT, CV_FORMAT, N_RESAMPLES, cv_results
+from .parallel import RunSpec, run_parallel
 from .train import FoldResult, Logger, _StoreHandle, _quiet, train_fold
 
 
@@ -58,6 +60,8 @@ def run_cv(
     tensorboard: str | Path | None = None,
     n_resamples: int = N_RESAMPLES,
     html: bool = True,
+    slots: Sequence[str] | None = None,
+    worker_threads: int | None = None,
 ) -> CVResult:
     """Every fold (or ``folds``) × seed for each auxiliary-task setting, with summary reports.
 
@@ -74,9 +78,17 @@ def run_cv(
     :data:`sertrain.results.CV_FORMAT`: every run, per fold, summary, pooled, intervals),
     ``predictions.csv`` (every run, with ``fold`` and ``seed`` columns), ``confusion.png``
     (summed over runs), ``curves.png``, ``table.txt`` and ``report.html``.
+
+    ``slots`` (``["cpu"] * K`` or ``["cuda:0", "cuda:1"]``) trains the runs side by side, one
+    worker process per slot with ``worker_threads`` torch threads each
+    (:func:`sertrain.parallel.run_parallel`); the results are those of the sequential cv.
+    Under torchrun (:mod:`sertrain.distributed`) every rank trains each run together and
+    rank 0 alone writes the summaries and prints.
     """
-    log = log or _quiet
-    report = report or log  # tables go here (printed even when progress is silenced)
+    ddp = distributed.current()
+    main = ddp is None or ddp.is_main
+    log = log if log and main else _quiet
+    report = (report or log) if main else _quiet  # tables go here (printed even when progress is silenced)
     out = Path(out_dir)
     settings = list(aux_settings) if aux_settings else [cfg.loss.aux]
     seed_list = [int(s) for s in (seeds if seeds else [cfg.train.seed])]
@@ -97,11 +109,12 @@ def run_cv(
         results: dict[str, list[FoldResult]] = {}
         stats: dict[str, dict[str, Any]] = {}
         tables: dict[str, str] = {}
+        plan: dict[str, list[RunSpec]] = {}
         for aux in settings:
             aux_cfg = apply_overrides(cfg, {"loss.aux": aux})
             sub = out if len(settings) == 1 else out / aux
             mine = _setting_provenance(provenance, aux)
-            runs = []
+            plan[aux] = []
             for k in chosen:
                 for seed in seed_list:
                     run_cfg = apply_overrides(aux_cfg, {"train.seed": seed})
@@ -109,12 +122,34 @@ def run_cv(
                     # resume checks them even when they were not typed explicitly.
                     run_over = {**(overrides or {}), "loss.aux": aux, "data.scheme": cfg.data.scheme, "train.seed": seed}
                     where = run_dir(sub, k, seed, several)
-                    if len(settings) > 1 or several:
-                        log(f"[{where.relative_to(out)}]")
                     tb = Path(tensorboard) / where.relative_to(out) if tensorboard else None
-                    runs.append(train_fold(handle.reader, k, run_cfg, where, device=device, resume=resume,
-                                           overrides=run_over, log=log, tensorboard=tb, provenance=mine))
+                    plan[aux].append(RunSpec(str(where.relative_to(out)), k, run_cfg, where, resume, run_over, tb,
+                                             mine))
+        side_by_side: dict[str, list[FoldResult]] | None = None
+        if slots:
+            if ddp is not None:
+                raise InputError("--parallel/--devices run independent runs side by side; under torchrun every "
+                                 "process trains the same run: use one or the other")
+            flat = run_parallel(Path(getattr(handle.reader, "path", handle.name)),
+                                [spec for aux in settings for spec in plan[aux]], slots, worker_threads, log)
+            side_by_side = {aux: [flat.pop(0) for _ in plan[aux]] for aux in settings}
+        for aux in settings:
+            aux_cfg = apply_overrides(cfg, {"loss.aux": aux})
+            sub = out if len(settings) == 1 else out / aux
+            mine = _setting_provenance(provenance, aux)
+            if side_by_side is not None:
+                runs = side_by_side[aux]
+            else:
+                runs = []
+                for spec in plan[aux]:
+                    if len(settings) > 1 or several:
+                        log(f"[{spec.label}]")
+                    runs.append(train_fold(handle.reader, spec.fold, spec.cfg, spec.out_dir, device=device,
+                                           resume=resume, overrides=spec.overrides, log=log,
+                                           tensorboard=spec.tensorboard, provenance=mine))
             results[aux] = runs
+            if not main:  # under torchrun rank 0 alone summarises
+                continue
             stats[aux] = _write_cv_summary(sub, aux_cfg, runs, out, {**context, **(mine or {})}, n_resamples)
             tables[aux] = stats[aux]["table"]
             report(f"\n{stats[aux]['title']}: test metrics of the selected checkpoint (%)")
@@ -123,6 +158,8 @@ def run_cv(
             if html and len(settings) == 1:
                 _html_report(sub, log)
         comparison = None
+        if not main:
+            return CVResult(results, stats, tables, comparison)
         if len(settings) > 1:
             comparison = _write_comparison(out, cfg, chosen, results, stats, context, n_resamples)
             report(f"auxiliary-task comparison (test, %; mean ± sample std over runs; Δ: paired bootstrap of "

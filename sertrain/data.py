@@ -104,13 +104,16 @@ class SegmentBatchDataset(Dataset):
         x, valid = self.reader.read_segments(idx)  # one read for the whole batch
         x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         valid_t = torch.from_numpy(np.asarray(valid, dtype=np.int64))
-        spk = self.labels.speaker[idx]
+        return {"x": normalize(x, valid_t, self.mean, self.std), "valid": valid_t, **self.labels_for(idx)}
+
+    def labels_for(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        """The host tensors of a batch besides ``x`` and ``valid``: labels and ids of segments ``idx``
+        (also used by :class:`sertrain.cache.DeviceCache`)."""
+        idx = np.asarray(idx, dtype=np.int64)
         return {
-            "x": normalize(x, valid_t, self.mean, self.std),
-            "valid": valid_t,
             "emotion": torch.from_numpy(self.labels.emotion[idx]),
             "gender": torch.from_numpy(self.labels.gender[idx]),
-            "speaker": torch.from_numpy(self.speaker_ids[spk]),
+            "speaker": torch.from_numpy(self.speaker_ids[self.labels.speaker[idx]]),
             "segment": torch.from_numpy(idx),
             "utt": torch.from_numpy(self.labels.utt[idx]),
         }
@@ -177,6 +180,19 @@ class SequentialBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         for start in range(0, len(self.indices), self.batch_size):
             yield self.indices[start : start + self.batch_size].tolist()
+
+
+def host_to_device(tensors: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Small int64 host tensors of one shape (a batch's valid counts and labels) on ``device``:
+    stacked, pinned and sent in one non-blocking copy on CUDA, so the host never waits for the
+    GPU (a copy from pageable memory, or a blocking one, synchronises with the device). On
+    the CPU the tensors themselves."""
+    if device.type == "cpu":
+        return list(tensors)
+    stacked = torch.stack([t.to(torch.int64) for t in tensors])
+    if device.type == "cuda":
+        stacked = stacked.pin_memory()
+    return list(stacked.to(device, non_blocking=True).unbind(0))
 
 
 def _fixed_mmap_threshold(_worker_id: int = 0) -> None:

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from .data import SegmentBatchDataset, SequentialBatchSampler, make_loader
+from .data import SegmentBatchDataset, SequentialBatchSampler, host_to_device, make_loader
 from .metrics import classification_metrics
 from .runtime import Precision
 
@@ -42,32 +42,45 @@ def segment_outputs(
     device: torch.device,
     precision: Precision = Precision(None, False),
 ) -> SegmentOutputs:
-    """Run ``model`` in eval mode over every batch of ``loader``."""
+    """Run ``model`` in eval mode over every batch of ``loader``.
+
+    Nothing is read back from the device per batch (which labels are scored and the packing
+    lengths come from the batch's host tensors); posteriors and loss sums are collected on
+    the device and copied once at the end, with the values a per-batch read gives.
+    """
     was_training = model.training
     model.eval()
-    segs, utts, posts, emos = [], [], [], []
-    loss_sum, loss_n = 0.0, 0
+    segs, utts, posts, emos, loss_sums = [], [], [], [], []
+    loss_n = 0
     for batch in loader:
-        x = batch["x"].to(device, non_blocking=True)
+        x = batch["x"].to(device, non_blocking=True)  # already there from a device cache
+        valid, y = host_to_device([batch["valid"], batch["emotion"]], device)
         with precision.autocast(device):
-            out = model(x, batch["valid"].to(device))
+            out = model(x, valid, valid_host=batch["valid"])
         logits = out["emotion"].float()
-        y = batch["emotion"].to(device)
-        labelled = y >= 0
+        labelled = batch["emotion"].numpy() >= 0
         if labelled.any():
-            loss_sum += float(torch.nn.functional.cross_entropy(logits[labelled], y[labelled], reduction="sum"))
+            if not labelled.all():
+                (rows,) = host_to_device([torch.from_numpy(np.flatnonzero(labelled))], device)
+                logits_l, y_l = logits.index_select(0, rows), y.index_select(0, rows)
+            else:
+                logits_l, y_l = logits, y
+            loss_sums.append(torch.nn.functional.cross_entropy(logits_l, y_l, reduction="sum"))
             loss_n += int(labelled.sum())
-        posts.append(torch.softmax(logits, dim=1).cpu().numpy())
+        posts.append(torch.softmax(logits, dim=1))
         segs.append(batch["segment"].numpy())
         utts.append(batch["utt"].numpy())
         emos.append(batch["emotion"].numpy())
     model.train(was_training)
     n_cls = getattr(model, "n_emotions", 0)
+    loss_sum = 0.0
+    for value in (torch.stack(loss_sums).tolist() if loss_sums else []):  # in batch order, as summed before
+        loss_sum += value
     cat = lambda parts, dtype, shape=(0,): np.concatenate(parts) if parts else np.zeros(shape, dtype)  # noqa: E731
     return SegmentOutputs(
         segments=cat(segs, np.int64),
         utts=cat(utts, np.int64),
-        posteriors=cat(posts, np.float32, (0, n_cls)),
+        posteriors=torch.cat(posts).cpu().numpy() if posts else np.zeros((0, n_cls), np.float32),
         emotion=cat(emos, np.int64),
         loss=loss_sum / loss_n if loss_n else float("nan"),
     )
@@ -104,9 +117,13 @@ def evaluation_loader(
     dataset: SegmentBatchDataset, segment_ids: np.ndarray, batch_size: int = 128, num_workers: int = 0
 ) -> DataLoader:
     """Loader over the scored segments of a split (those with an emotion label), in order."""
+    return make_loader(dataset, SequentialBatchSampler(scored_segments(dataset, segment_ids), batch_size), num_workers)
+
+
+def scored_segments(dataset: SegmentBatchDataset, segment_ids: np.ndarray) -> np.ndarray:
+    """The segments of ``segment_ids`` that are scored: those with an emotion label (not -1)."""
     ids = np.asarray(segment_ids, dtype=np.int64)
-    ids = ids[dataset.labels.emotion[ids] >= 0]
-    return make_loader(dataset, SequentialBatchSampler(ids, batch_size), num_workers)
+    return ids[dataset.labels.emotion[ids] >= 0]
 
 
 def evaluate_loader(

@@ -193,36 +193,108 @@ class SERModel(nn.Module):
         # Speaker classes are the fold's training speakers only (test speakers are unseen).
         self.speaker_head = nn.Linear(cfg.embedding_dim, n_speakers) if n_speakers > 0 else None
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, valid: torch.Tensor,
+                valid_host: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Logits etc. of ``x`` (see the class docstring).
+
+        ``valid_host``: the same valid counts as a CPU tensor, when ``valid`` lives on the
+        accelerator. Packing needs the lengths on the host; computed from ``valid_host`` (or
+        from ``valid`` itself when it is a CPU tensor) by :meth:`packing_lengths`, they never
+        travel back from the device, so a step does not wait for the GPU. Without either, the
+        device lengths are copied to the host (a synchronisation).
+        """
         if x.dim() != 4 or x.shape[1] != self.spec.channels or x.shape[3] != self.spec.n_mels:
             raise InputError(
                 f"model: expected input [B, {self.spec.channels}, frames, {self.spec.n_mels}], got {list(x.shape)}"
             )
+        if valid_host is None and valid.device.type == "cpu":
+            valid_host = valid
+        host_lengths = self.packing_lengths(valid_host, x.shape[2]) if valid_host is not None else None
+        if valid.device.type == "cpu" and x.device.type != "cpu":  # host counts: a non-blocking copy
+            from .data import host_to_device
+
+            (valid,) = host_to_device([valid], x.device)
         lengths = valid.to(device=x.device, dtype=torch.long).clamp(1, x.shape[2])
         # channels_last lets oneDNN/cuDNN pick their fast NHWC kernels (about 1.4x per CPU step).
         x = x.contiguous(memory_format=torch.channels_last)
+        compiled = self._compiled if self.training else None
+        h, lengths = (compiled[0] if compiled else self.frontend)(x, lengths)
+        h = self.blstm(h, host_lengths if host_lengths is not None else lengths.cpu())
+        result = (compiled[1] if compiled else self.head)(h, lengths)
+        result["lengths"] = lengths
+        return result
+
+    def blstm(self, h: torch.Tensor, host_lengths: torch.Tensor) -> torch.Tensor:
+        """The BLSTM over the valid steps of ``h`` ``[B, T', D]`` (``host_lengths``: a CPU tensor).
+
+        Packing keeps padded steps out of both directions (the backward direction would
+        otherwise start in the padding). This is ``pack_padded_sequence(enforce_sorted=False)``
+        -> LSTM -> ``pad_packed_sequence`` step by step, with the same sort and the same
+        values, but the batch order and its inverse are computed on the host and sent in one
+        non-blocking copy: torch's functions copy the order to the device with a blocking
+        copy and back with ``.cpu()``, two waits for the GPU per forward pass.
+        """
+        lengths, order = torch.sort(host_lengths, descending=True)  # as pack_padded_sequence sorts
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel())
+        perm = torch.stack([order, inverse])
+        if h.device.type == "cuda":
+            perm = perm.pin_memory()
+        perm = perm.to(h.device, non_blocking=True)
+        packed = pack_padded_sequence(h.index_select(0, perm[0]), lengths, batch_first=True, enforce_sorted=True)
+        out, _ = self.lstm(packed)
+        padded, _ = pad_packed_sequence(out, batch_first=True, total_length=h.shape[1])
+        return padded.index_select(0, perm[1])
+
+    def frontend(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CNN blocks and the per-step linear projection: ``[B, C, T, M]`` -> ``[B, T', linear_dim]``
+        and the valid lengths after pooling (fixed shapes: what :meth:`enable_compile` compiles)."""
         for block in self.blocks:
             x, lengths = block(x, lengths)
         b, c, t, f = x.shape
-        h = self.linear(x.permute(0, 2, 1, 3).reshape(b, t, c * f))
-        # Packing keeps padded steps out of both LSTM directions (the backward direction
-        # would otherwise start in the padding).
-        packed = pack_padded_sequence(h, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = self.lstm(packed)
-        h, _ = pad_packed_sequence(out, batch_first=True, total_length=t)
-        mask = time_mask(lengths, t)
+        return self.linear(x.permute(0, 2, 1, 3).reshape(b, t, c * f)), lengths
+
+    def head(self, h: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Masked attention over the BLSTM output, the shared embedding and the heads."""
+        mask = time_mask(lengths, h.shape[1])
         pooled, weights = self.attention(h, mask)
         emb = self.embedding(pooled)
         result = {
             "emotion": self.emotion_head(emb),
             "gender": self.gender_head(emb),
             "weights": weights,
-            "lengths": lengths,
             "embedding": emb,
         }
         if self.speaker_head is not None:
             result["speaker"] = self.speaker_head(emb)
         return result
+
+    def packing_lengths(self, valid: torch.Tensor, frames: int) -> torch.Tensor:
+        """Valid BLSTM steps per segment as a CPU int64 tensor, from valid frame counts on the
+        host: the same integer arithmetic as the blocks apply on the device (clamp to
+        ``[1, frames]``, then each time pooling's ceil division), so the result equals the
+        ``lengths`` output without reading it back from the device."""
+        lengths = valid.to(device="cpu", dtype=torch.long).clamp(1, frames)
+        t = frames
+        for block in self.blocks:
+            t = t // block.pool_size[0]  # MaxPool2d(kernel = stride = pool): floor
+            lengths = pooled_lengths(lengths, block.pool_size[0], t)
+        return lengths
+
+    #: (frontend, head) compiled by :meth:`enable_compile`, used in training mode; None = eager.
+    _compiled: tuple[Any, Any] | None = None
+
+    def enable_compile(self, mode: str = "default") -> "SERModel":
+        """Compile the fixed-shape parts of the training forward pass with ``torch.compile``:
+        :meth:`frontend` (convolutions, batch norm, pooling, masks, projection) and :meth:`head`.
+        The packed BLSTM between them stays eager (its packed shape changes with every batch's
+        lengths). Only training mode uses the compiled code (evaluation runs other batch sizes
+        and batch-norm behaviour; it stays eager and uncompiled). ``mode`` is torch.compile's
+        (``default``, ``reduce-overhead``: CUDA graphs, ``max-autotune``). Weights, state-dict
+        keys and checkpoints are unchanged."""
+        self._compiled = (torch.compile(self.frontend, mode=mode, dynamic=False),
+                          torch.compile(self.head, mode=mode, dynamic=False))
+        return self
 
 
 def build_model(
@@ -249,6 +321,31 @@ def forward_macs(cfg: ModelConfig, spec: InputSpec) -> float:
     return float(macs)
 
 
+def training_flops(cfg: ModelConfig, spec: InputSpec, n_emotions: int = 4, n_genders: int = 2,
+                   n_speakers: int = 8, batch: int = 2) -> float:
+    """FLOPs of one full-length segment's training step, forward + backward, counted by
+    ``torch.utils.flop_counter.FlopCounterMode`` on the CPU: every convolution and matrix
+    product (linear layers, the BLSTM's gates, attention), 2 FLOPs per multiply-add; not the
+    element-wise work (batch norm, activations, pooling, optimiser), which is memory-bound.
+    Counted on the CPU because there the BLSTM runs as matrix products the counter sees (on
+    CUDA it is one cuDNN call it does not count); the count is the same on any device. ``batch``
+    segments of random features, all ``spec.frames`` long, divided by ``batch``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    gen = torch.Generator().manual_seed(0)
+    model = build_model(cfg, spec, n_emotions, n_genders, n_speakers).train()
+    x = torch.randn(batch, spec.channels, spec.frames, spec.n_mels, generator=gen)
+    valid = torch.full((batch,), spec.frames, dtype=torch.long)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = model(x, valid)
+        loss = out["emotion"].float().logsumexp(1).mean() + out["gender"].float().logsumexp(1).mean()
+        if "speaker" in out:
+            loss = loss + out["speaker"].float().logsumexp(1).mean()
+        loss.backward()
+    return counter.get_total_flops() / batch
+
+
 __all__ = [
     "InputSpec",
     "SERModel",
@@ -258,4 +355,5 @@ __all__ = [
     "forward_macs",
     "pooled_lengths",
     "time_mask",
+    "training_flops",
 ]

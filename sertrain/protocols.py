@@ -15,8 +15,9 @@ from typing import Any, Sequence
 
 from .config import Config, apply_overrides, load_config
 
-#: Keys that change how a run reads data or how fast it goes, not its numbers.
-NOT_DEVIATIONS = ("train.num_workers", "train.eval_batch_size")
+#: Keys that change how a run reads data or how fast it goes, not its numbers (train.compile:
+#: rounding and dropout draws, as any GPU run's kernel choice does; README, "Training speed").
+NOT_DEVIATIONS = ("train.num_workers", "train.eval_batch_size", "train.cache", "train.cache_dtype", "train.compile")
 
 
 def protocol_overrides(protocol: Any) -> dict[str, Any]:

@@ -35,6 +35,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from . import distributed
 from .checkpoint import (
     Checkpoint,
     capture_rng_state,
@@ -44,18 +45,20 @@ from .checkpoint import (
     save_checkpoint,
     store_content_id,
 )
+from .cache import DeviceCache, evaluation_batches, fold_cache, size_text
 from .config import Config, apply_overrides
 from .data import (
     BalancedBatchSampler,
     SegmentBatchDataset,
     SegmentLabels,
+    host_to_device,
     make_loader,
     open_store,
     resolve_fold,
     speaker_map,
 )
 from .errors import InputError, SertrainError
-from .evaluate import clean_json, evaluate_loader, evaluation_loader, write_reports
+from .evaluate import clean_json, evaluate_loader, write_reports
 from .model import InputSpec, SERModel, build_model, check_input_spec, count_parameters
 from .runtime import Precision, resolve_device, resolve_precision, seed_everything
 from .selection import Selection, get_rule, select, selection_state, should_stop
@@ -70,7 +73,8 @@ EpochHook = Callable[[int, torch.nn.Module, dict[str, Any]], None]
 #: trained something else. Every other key defines the model, the objective, the batches or
 #: the protocol: continuing with another value would give a model trained under neither
 #: config, so it is refused.
-RESUME_ADJUSTABLE = ("train.epochs", "train.patience", "train.lr", "train.num_workers", "train.eval_batch_size")
+RESUME_ADJUSTABLE = ("train.epochs", "train.patience", "train.lr", "train.num_workers", "train.eval_batch_size",
+                     "train.cache", "train.cache_dtype", "train.compile")
 
 
 def _quiet(_: str) -> None:
@@ -122,34 +126,62 @@ def multitask_loss(
 
     Labels of -1 are ignored (no emotion class; not a training speaker). A term whose weight
     is 0, or whose batch holds no usable label, is left out rather than added as 0 * NaN.
+    The parts are read back as floats (a synchronisation on a GPU); the training loop uses
+    :func:`multitask_loss_terms`, which keeps them on the device.
     """
     device = out["emotion"].device
-    emotion = batch["emotion"].to(device)
-    loss = F.cross_entropy(out["emotion"].float(), emotion, ignore_index=-1, label_smoothing=label_smoothing)
-    parts = {"emotion": float(loss.detach())}
-    if w_gender > 0:
-        g = batch["gender"].to(device)
-        if (g >= 0).any():
-            lg = F.cross_entropy(out["gender"].float(), g, ignore_index=-1)
-            loss = loss + w_gender * lg
-            parts["gender"] = float(lg.detach())
-    if w_speaker > 0 and "speaker" in out:
-        s = batch["speaker"].to(device)
-        if (s >= 0).any():
-            ls = F.cross_entropy(out["speaker"].float(), s, ignore_index=-1)
-            loss = loss + w_speaker * ls
-            parts["speaker"] = float(ls.detach())
-    parts["total"] = float(loss.detach())
+    labels = {key: batch[key] for key in ("emotion", "gender", "speaker") if key in batch}
+    loss, parts = multitask_loss_terms(out, {k: v.to(device) for k, v in labels.items()},
+                                       _label_presence(labels), w_gender, w_speaker, label_smoothing)
+    return loss, {key: float(value) for key, value in parts.items()}
+
+
+def _label_presence(labels: dict[str, torch.Tensor]) -> dict[str, bool]:
+    """Whether each label tensor holds a usable label (>= 0); read on the host when the labels
+    are CPU tensors (as batches deliver them), so no device value is waited for."""
+    return {key: bool((value.numpy() >= 0).any()) if value.device.type == "cpu" else bool((value >= 0).any())
+            for key, value in labels.items()}
+
+
+def multitask_loss_terms(
+    out: dict[str, torch.Tensor],
+    labels: dict[str, torch.Tensor],
+    present: dict[str, bool],
+    w_gender: float,
+    w_speaker: float,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """:func:`multitask_loss` without reading anything back: ``labels`` are on the logits'
+    device, ``present`` says (from the host) which label kinds the batch holds, and the parts
+    are detached 0-dim tensors on the device. Same operations in the same order, so the same
+    values as :func:`multitask_loss`."""
+    loss = F.cross_entropy(out["emotion"].float(), labels["emotion"], ignore_index=-1,
+                           label_smoothing=label_smoothing)
+    parts = {"emotion": loss.detach()}
+    if w_gender > 0 and present.get("gender"):
+        lg = F.cross_entropy(out["gender"].float(), labels["gender"], ignore_index=-1)
+        loss = loss + w_gender * lg
+        parts["gender"] = lg.detach()
+    if w_speaker > 0 and "speaker" in out and present.get("speaker"):
+        ls = F.cross_entropy(out["speaker"].float(), labels["speaker"], ignore_index=-1)
+        loss = loss + w_speaker * ls
+        parts["speaker"] = ls.detach()
+    parts["total"] = loss.detach()
     return loss, parts
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """The configured optimiser. On CUDA its fused implementation (one kernel for all
+    parameters, step counts on the device: no host work or synchronisation per step; the same
+    update up to rounding); elsewhere torch's default implementation."""
     t = cfg.train
+    params = list(model.parameters())
+    fused = {"fused": True} if params and params[0].device.type == "cuda" else {}
     if t.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, **fused)
     if t.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, **fused)
+    return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, **fused)
 
 
 def _state_cpu(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -206,16 +238,11 @@ def train_fold(
     """
     log = log or _quiet
     out = Path(out_dir)
-    last_path = out / "last.pt"
-    resumed: Checkpoint | None = None
-    if resume and last_path.exists():
-        resumed = load_checkpoint(last_path)
-        cfg = _resume_config(resumed, last_path, fold, overrides or {})
-        if (out / "best.pt").exists():  # refuse before anything is written, not after training
-            _check_best(load_checkpoint(out / "best.pt"), out / "best.pt", last_path,
-                        resumed.scheme, resumed.fold, resumed.store_content_sha256, cfg)
-    elif last_path.exists():
-        raise InputError(f"{out} already holds a run (last.pt): pass --resume to continue it, or another --out")
+    ddp = distributed.current()  # torchrun: rank 0 reads out_dir (and alone writes it)
+    if ddp is None:
+        resumed, cfg = _start_state(out, fold, cfg, resume, overrides)
+    else:
+        resumed, cfg = ddp.from_main(lambda: _start_state(out, fold, cfg, resume, overrides))
 
     handle = _StoreHandle(store)
     try:
@@ -223,6 +250,23 @@ def train_fold(
                            Path(tensorboard) if tensorboard else None, provenance or {}, test, label)
     finally:
         handle.close()
+
+
+def _start_state(out: Path, fold: int, cfg: Config, resume: bool,
+                 overrides: dict[str, Any] | None) -> tuple[Checkpoint | None, Config]:
+    """(checkpoint to resume from or None, config to run): a resume's checks, or the refusal
+    to overwrite an existing run (see :func:`train_fold`)."""
+    last_path = out / "last.pt"
+    if resume and last_path.exists():
+        resumed = load_checkpoint(last_path)
+        cfg = _resume_config(resumed, last_path, fold, overrides or {})
+        if (out / "best.pt").exists():  # refuse before anything is written, not after training
+            _check_best(load_checkpoint(out / "best.pt"), out / "best.pt", last_path,
+                        resumed.scheme, resumed.fold, resumed.store_content_sha256, cfg)
+        return resumed, cfg
+    if last_path.exists():
+        raise InputError(f"{out} already holds a run (last.pt): pass --resume to continue it, or another --out")
+    return None, cfg
 
 
 def _config_difference(a: Config, b: Config) -> tuple[str, Any, Any, int] | None:
@@ -311,6 +355,12 @@ def _train_fold(
 ) -> FoldResult:
     reader, name = handle.reader, handle.name
     t = cfg.train
+    # Data parallel (torchrun): every rank trains, rank 0 alone evaluates, writes and logs.
+    ddp = distributed.current()
+    main = ddp is None or ddp.is_main
+    if ddp is not None:
+        ddp.check_batch(t.batch_size)
+        device, log = ddp.device_for(device), (log if main else _quiet)
     spec = InputSpec.from_reader(reader)
     content = store_content_id(reader, name)
     fold = resolve_fold(reader, cfg.data.scheme, k, name)
@@ -329,6 +379,10 @@ def _train_fold(
 
     seed_everything(t.seed, device)
     model = build_model(cfg.model, spec, len(emotion_classes), len(gender_classes), len(train_speakers)).to(device)
+    if ddp is not None:
+        model = ddp.sync_batchnorm(model)  # statistics of the global batch (same state-dict keys)
+    if t.compile != "off":
+        model.enable_compile(t.compile)  # training forward only; weights and checkpoints unchanged
     optimizer = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
 
@@ -388,16 +442,22 @@ def _train_fold(
             finished=finished,
         )
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     pin = device.type == "cuda"
     sampler = BalancedBatchSampler(fold.balanced_index, t.batch_size, t.seed, t.steps_per_epoch)
+    train_model: torch.nn.Module = model
+    if ddp is not None:  # this rank's share of each global batch; DDP averages the gradients
+        sampler = ddp.shard(sampler)
+        train_model = ddp.wrap(model, _unused_heads(dataset, fold.balanced_index, w_gender, w_speaker, model))
     # A finished run is only re-tested, unless more epochs were asked for and early
     # stopping had not ended it (then training simply continues).
     has_val = len(fold.validation_segments) > 0
     would_stop = has_val and should_stop(t.selection, history, t.patience)
     finished = resumed is not None and resumed.finished and (start_epoch >= t.epochs or would_stop)
     label = run_label or f"fold {k}"
+    cache: DeviceCache | None = None  # train.cache = "device": the fold's features on the device
     if not finished:
         log(
             f"{label}: train {len(fold.train_utts)} utts ({len(fold.balanced_index)} balanced segments), "
@@ -409,19 +469,24 @@ def _train_fold(
         )
         if not has_val:
             log(f"{label}: no validation utterances in this fold: keeping the last epoch, no early stopping")
-        train_loader = make_loader(dataset, sampler, t.num_workers, pin)
+        if t.cache == "device":
+            cache = _build_cache(dataset, fold, device, t.cache_dtype, precision, run_test and main, label, log)
+        train_loader = cache.batches(sampler) if cache is not None else make_loader(dataset, sampler, t.num_workers, pin)
         val_loader = (
-            evaluation_loader(dataset, fold.validation_segments, t.eval_batch_size, t.num_workers) if has_val else None
+            evaluation_batches(dataset, cache, fold.validation_segments, t.eval_batch_size, t.num_workers)
+            if has_val and main else None
         )
-        board = _board(tensorboard)
+        board = _board(tensorboard) if main else None
         epoch = start_epoch
         for epoch in range(start_epoch + 1, t.epochs + 1):
             if has_val and should_stop(t.selection, history, t.patience):
                 log(f"{label}: early stop: selection ({t.selection}) unchanged for {t.patience} epochs")
                 break
             t0 = time.perf_counter()
-            stats = _train_epoch(model, train_loader, sampler, epoch, optimizer, scaler, precision, device,
-                                 w_gender, w_speaker, cfg)
+            if ddp is not None:
+                ddp.seed_epoch(t.seed, epoch)
+            stats = _train_epoch(train_model, train_loader, sampler, epoch, optimizer, scaler, precision, device,
+                                 w_gender, w_speaker, cfg, ddp)
             entry: dict[str, Any] = {"epoch": epoch, **stats, "lr": optimizer.param_groups[0]["lr"]}
             if val_loader is not None:
                 ev = evaluate_loader(model, val_loader, manifest, emotion_classes, device, t.aggregate, precision)
@@ -431,6 +496,8 @@ def _train_fold(
                 entry.update(val_loss=None, val_ua=None, val_wa=None, val_f1=None)
             entry["seconds"] = time.perf_counter() - t0
             history.append(clean_json(entry))
+            if ddp is not None:  # rank 0's validation: every rank selects and stops alike
+                history[-1] = ddp.broadcast(history[-1])
             sel = select(t.selection, history) if has_val else None
             if sel is None:  # no validation: the last epoch is the model
                 sel, kept = Selection((epoch,), float("nan")), {}
@@ -444,9 +511,11 @@ def _train_fold(
                 _log_epoch(board, history[-1])
             if improved:
                 selected, best_epoch, best_ua = sel.epochs, sel.newest, sel.score
-                state = selection_state(sel, kept) if kept else None
-                save_checkpoint(checkpoint(epoch, False, False, state), out / "best.pt")
-            save_checkpoint(checkpoint(epoch, False, True), out / "last.pt")
+                if main:
+                    state = selection_state(sel, kept) if kept else None
+                    save_checkpoint(checkpoint(epoch, False, False, state), out / "best.pt")
+            if main:
+                save_checkpoint(checkpoint(epoch, False, True), out / "last.pt")
             log(
                 f"{label} epoch {epoch}/{t.epochs}: loss {stats['train_loss']:.4f} "
                 f"(emotion {stats['train_loss_emotion']:.4f}) train acc {100 * stats['train_acc']:.1f}%"
@@ -457,8 +526,11 @@ def _train_fold(
         if board is not None:
             board.close()
         del train_loader, val_loader  # stop persistent workers before the test pass
-        save_checkpoint(checkpoint(history[-1]["epoch"] if history else epoch, True, True), out / "last.pt")
-        (out / "history.json").write_text(json.dumps(clean_json(history), indent=2) + "\n")
+        if main:
+            save_checkpoint(checkpoint(history[-1]["epoch"] if history else epoch, True, True), out / "last.pt")
+            (out / "history.json").write_text(json.dumps(clean_json(history), indent=2) + "\n")
+    if ddp is not None and not main:
+        return ddp.from_main(lambda: None)  # rank 0 tests and writes; its FoldResult (or error)
 
     # Test the best checkpoint (the protocol's model), not the last epoch; only if it is
     # this run's (a best.pt copied in from another fold would give a fold's test speakers
@@ -467,14 +539,14 @@ def _train_fold(
     _check_best(best, out / "best.pt", out / "last.pt", cfg.data.scheme, k, content, cfg)
     model.load_state_dict(best.model_state)
     test_ev = evaluate_loader(
-        model, evaluation_loader(dataset, fold.test_segments, t.eval_batch_size, t.num_workers),
+        model, evaluation_batches(dataset, cache, fold.test_segments, t.eval_batch_size, t.num_workers),
         manifest, emotion_classes, device, t.aggregate, precision,
     ) if run_test else None
     validation = None
     if has_val and len(best.selected_epochs) > 1:
         # Averaged weights were never validated during training: score them once here.
         val_ev = evaluate_loader(
-            model, evaluation_loader(dataset, fold.validation_segments, t.eval_batch_size, t.num_workers),
+            model, evaluation_batches(dataset, cache, fold.validation_segments, t.eval_batch_size, t.num_workers),
             manifest, emotion_classes, device, t.aggregate, precision,
         )
         validation = {k: val_ev.metrics[k] for k in ("ua", "wa", "macro_f1")}
@@ -513,7 +585,7 @@ def _train_fold(
             from .plots import plot_curves
 
             plot_curves(history, out / "curves.png", title=f"{cfg.name} {cfg.data.scheme} {label}")
-    return FoldResult(
+    result = FoldResult(
         scheme=cfg.data.scheme,
         fold=k,
         out_dir=out,
@@ -527,6 +599,7 @@ def _train_fold(
         seed=t.seed,
         selected_epochs=list(best.selected_epochs),
     )
+    return ddp.from_main(lambda: result) if ddp is not None else result
 
 
 #: history key -> TensorBoard tag.
@@ -566,6 +639,31 @@ def _log_epoch(board: Any, entry: dict[str, Any]) -> None:
     board.flush()
 
 
+def _build_cache(dataset: SegmentBatchDataset, fold: Any, device: torch.device, dtype_name: str,
+                 precision: Precision, with_test: bool, label: str, log: Logger) -> DeviceCache:
+    """The fold's :class:`sertrain.cache.DeviceCache` (refused in one line if it does not fit)."""
+    t0 = time.perf_counter()
+    cache = fold_cache(dataset, fold, device, dtype_name, precision.dtype, test=with_test)
+    log(f"{label}: device cache: {len(cache)} segments, {size_text(cache.nbytes)} {dtype_name} on {device} "
+        f"({time.perf_counter() - t0:.1f}s)")
+    return cache
+
+
+def _unused_heads(dataset: SegmentBatchDataset, index: np.ndarray, w_gender: float, w_speaker: float,
+                  model: SERModel) -> bool:
+    """Whether a step can leave an output head without gradient (DDP must then look for
+    unused parameters): an auxiliary loss switched off, or training segments without a gender
+    or training-speaker label (a global batch may hold none of them)."""
+    has_speaker_head = getattr(model, "speaker_head", None) is not None
+    if w_gender <= 0 or (has_speaker_head and w_speaker <= 0):
+        return True
+    idx = np.asarray(index, dtype=np.int64)
+    gaps = bool((dataset.labels.gender[idx] < 0).any())
+    if has_speaker_head:
+        gaps = gaps or bool((dataset.speaker_ids[dataset.labels.speaker[idx]] < 0).any())
+    return gaps
+
+
 def _train_epoch(
     model: SERModel,
     loader: Any,
@@ -578,35 +676,59 @@ def _train_epoch(
     w_gender: float,
     w_speaker: float,
     cfg: Config,
+    ddp: distributed.DistributedRun | None = None,
 ) -> dict[str, float]:
-    """One pass over the sampler's batches; returns mean losses, accuracy and throughput."""
+    """One pass over the sampler's batches; returns mean losses, accuracy and throughput
+    (under ``ddp``: of the global batches, summed over ranks)."""
     sampler.set_epoch(epoch)  # (seed, epoch) fixes the batch order: resumable, reproducible
     model.train()
-    sums: dict[str, float] = defaultdict(float)
-    counts: dict[str, int] = defaultdict(int)
-    correct = seen = 0
+    # Nothing is read back from the device per step (README, "Training speed"): the loss
+    # parts stay on the device until the epoch ends, correct answers are counted there, label
+    # checks and packing lengths come from the host's copy of the batch. Non-finite losses
+    # are looked for every `check_every` steps (every step on the CPU, where a read is free)
+    # and at the end, and refused naming the first such step.
+    check_every = NONFINITE_CHECK_STEPS.get(device.type, NONFINITE_CHECK_STEPS["default"])
+    steps: list[dict[str, Any]] = []
+    checked = 0
+    correct: torch.Tensor | int = 0
+    seen = 0
     t0 = time.perf_counter()
     for batch in loader:
-        x = batch["x"].to(device, non_blocking=True)
+        x = batch["x"].to(device, non_blocking=True)  # already there from a device cache
+        moved = _labels_to_device(batch, device)
         with precision.autocast(device):
-            out = model(x, batch["valid"].to(device, non_blocking=True))
-        loss, parts = multitask_loss(out, batch, w_gender, w_speaker, cfg.loss.label_smoothing)
-        if not math.isfinite(parts["total"]):
-            raise SertrainError(f"training diverged at epoch {epoch} (loss {parts['total']}); lower --lr")
+            out = model(x, moved["valid"], valid_host=batch["valid"])
+        if ddp is not None:
+            loss, parts = ddp.multitask_loss(out, batch, w_gender, w_speaker, cfg.loss.label_smoothing)
+        else:
+            host = {key: batch[key] for key in ("emotion", "gender", "speaker") if key in batch}
+            loss, parts = multitask_loss_terms(out, moved, _label_presence(host), w_gender, w_speaker,
+                                               cfg.loss.label_smoothing)
+        steps.append(parts)
+        if len(steps) - checked >= check_every:
+            _refuse_nonfinite(steps, checked, epoch)
+            checked = len(steps)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if cfg.train.grad_clip > 0:
             scaler.unscale_(optimizer)
+            # Returns the norm as a tensor (never read here: no synchronisation).
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         scaler.step(optimizer)
         scaler.update()
+        correct = correct + (out["emotion"].argmax(1) == moved["emotion"]).sum()
+        seen += int(np.count_nonzero(batch["emotion"].numpy() >= 0))
+    _refuse_nonfinite(steps, checked, epoch)
+    sums: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
+    for parts in _parts_on_host(steps):  # one transfer for the whole epoch
         for key, v in parts.items():
             sums[key] += v
             counts[key] += 1
-        y = batch["emotion"].to(device)
-        correct += int((out["emotion"].argmax(1) == y).sum())
-        seen += int((y >= 0).sum())
+    correct = int(correct)
     elapsed = time.perf_counter() - t0
+    if ddp is not None:  # each rank holds its share of every step's means: add them up
+        sums, correct, seen, elapsed = ddp.reduce_epoch(sums, correct, seen, elapsed)
     mean = {key: sums[key] / counts[key] for key in sums}
     return {
         "train_loss": mean.get("total", float("nan")),
@@ -616,3 +738,42 @@ def _train_epoch(
         "train_acc": correct / seen if seen else float("nan"),
         "segments_per_s": seen / elapsed if elapsed > 0 else float("nan"),
     }
+
+
+#: Steps between two checks for a non-finite training loss, by device type. Each check reads
+#: the losses since the last one back from the device (a synchronisation); on the CPU that is
+#: free, so every step is checked before its update, as before.
+NONFINITE_CHECK_STEPS = {"cpu": 1, "default": 50}
+
+
+def _labels_to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """``valid`` and the label tensors of a host batch on ``device``: on CUDA one pinned,
+    non-blocking copy of all of them stacked (the host goes on queueing work)."""
+    keys = [key for key in ("valid", "emotion", "gender", "speaker") if key in batch]
+    return dict(zip(keys, host_to_device([batch[key] for key in keys], device)))
+
+
+def _refuse_nonfinite(steps: list[dict[str, Any]], start: int, epoch: int) -> None:
+    """Raise :class:`SertrainError` naming the first step from ``start`` on whose total loss is
+    not finite (one read of those steps' losses)."""
+    totals = [parts["total"] for parts in steps[start:]]
+    if not totals:
+        return
+    if isinstance(totals[0], torch.Tensor):
+        stacked = torch.stack(totals)
+        if bool(torch.isfinite(stacked).all()):
+            return
+        totals = stacked.tolist()
+    for i, value in enumerate(totals):
+        if not math.isfinite(value):
+            raise SertrainError(
+                f"training diverged at epoch {epoch}, step {start + i + 1} (loss {value}); lower --lr"
+            )
+
+
+def _parts_on_host(steps: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Every step's loss parts as floats, read from the device in one transfer."""
+    tensors = [v for parts in steps for v in parts.values() if isinstance(v, torch.Tensor)]
+    values = iter(torch.stack(tensors).tolist() if tensors else [])
+    return [{key: next(values) if isinstance(v, torch.Tensor) else float(v) for key, v in parts.items()}
+            for parts in steps]
