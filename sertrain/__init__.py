@@ -14,4 +14,4 @@ Modules:
 - :mod:`sertrain.cli`        the ``sertrain`` command
 """
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
