@@ -65,14 +65,14 @@ def _timed_steps(model: torch.nn.Module, params_of: torch.nn.Module, batch: dict
     from sertrain.config import load_config
 
     cfg = load_config("cpu-small")
-    w_g, w_s = cfg.loss.effective_weights()
+    weights = cfg.loss.active_weights()
     opt = torch.optim.Adam(params_of.parameters(), lr=cfg.train.lr)
     model.train()
     times, first = [], float("nan")
     for i in range(warmup + steps):
         t0 = time.perf_counter()
         out = model(batch["x"], batch["valid"])
-        loss, parts = loss_fn(out, batch, w_g, w_s)
+        loss, parts = loss_fn(out, batch, weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params_of.parameters(), cfg.train.grad_clip)

@@ -222,6 +222,13 @@ def _epoch_fn(path: str):
     return legacy_epoch if path == "legacy" else _train_epoch
 
 
+def _loss_args(cfg, path: str) -> tuple:
+    """The loss-weight arguments of an epoch function: sertrain 0.4's (w_gender, w_speaker), or
+    today's ``{task: weight}`` of the task registry."""
+    weights = cfg.loss.active_weights()
+    return (weights.get("gender", 0.0), weights.get("speaker", 0.0)) if path == "legacy" else (weights,)
+
+
 def bench_training(config: str, batch_size: int, steps: int, warmup: int = 2, n_mels: int = 40,
                    frames: int = 300, device: str = "cpu", path: str = "fast", repeats: int = 3,
                    flops: float | None = None) -> dict[str, Any]:
@@ -242,13 +249,13 @@ def bench_training(config: str, batch_size: int, steps: int, warmup: int = 2, n_
             "gender": torch.randint(0, 2, (batch_size,), generator=g),
             "speaker": torch.randint(0, 8, (batch_size,), generator=g),
         })
-    w_g, w_s = cfg.loss.effective_weights()
+    loss_args = _loss_args(cfg, path)
     epoch_fn = _epoch_fn(path)
 
     def run(n: int) -> float:
         epoch = _Epochs([batches[i % len(batches)] for i in range(n)])
         t0 = time.perf_counter()
-        epoch_fn(model, epoch, epoch, 1, optimizer, scaler, precision, dev, w_g, w_s, cfg)
+        epoch_fn(model, epoch, epoch, 1, optimizer, scaler, precision, dev, *loss_args, cfg)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - t0
@@ -287,9 +294,9 @@ def count_syncs(config: str, batch_size: int, steps: int, path: str, device: str
              "emotion": torch.randint(0, 4, (batch_size,), generator=g),
              "gender": torch.randint(0, 2, (batch_size,), generator=g),
              "speaker": torch.randint(0, 8, (batch_size,), generator=g)}
-    w_g, w_s = cfg.loss.effective_weights()
+    loss_args = _loss_args(cfg, path)
     epoch_fn = _epoch_fn(path)
-    epoch_fn(model, _Epochs([batch] * 2), _Epochs([batch] * 2), 1, optimizer, scaler, precision, dev, w_g, w_s, cfg)
+    epoch_fn(model, _Epochs([batch] * 2), _Epochs([batch] * 2), 1, optimizer, scaler, precision, dev, *loss_args, cfg)
     torch.cuda.synchronize()
 
     class Counted(_Epochs):  # sync mode on while the steps run, off before the epoch's final read
@@ -303,7 +310,7 @@ def count_syncs(config: str, batch_size: int, steps: int, path: str, device: str
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         epoch = Counted([batch] * steps)
-        epoch_fn(model, epoch, epoch, 2, optimizer, scaler, precision, dev, w_g, w_s, cfg)
+        epoch_fn(model, epoch, epoch, 2, optimizer, scaler, precision, dev, *loss_args, cfg)
     syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message).lower()]
     return {"config": config, "path": path, "batch": batch_size, "steps": steps, "syncs": len(syncs),
             "syncs_per_step": len(syncs) / steps, "first": syncs[:3]}
@@ -331,12 +338,12 @@ def bench_store_epoch(store: Path, config: str, batch_size: int, steps: int, cac
         source: Any = dc.batches(sampler)
     else:
         source = make_loader(ds, sampler, workers, pin_memory=dev.type == "cuda")
-    w_g, w_s = cfg.loss.effective_weights()
+    loss_args = _loss_args(cfg, path)
     epoch_fn = _epoch_fn(path)
     times = []
     for e in range(1 + max(1, repeats)):
         t0 = time.perf_counter()
-        epoch_fn(model, source, sampler, e + 1, optimizer, scaler, precision, dev, w_g, w_s, cfg)
+        epoch_fn(model, source, sampler, e + 1, optimizer, scaler, precision, dev, *loss_args, cfg)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         if e:

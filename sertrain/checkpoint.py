@@ -29,7 +29,9 @@ be checked against the store it came from (and may come from a run resumed into 
 fold, which version 1 did not notice), so it is refused rather than trusted. 2 (sertrain
 0.2.0) had no model-selection rule: it is read as what it was, a run selected by best
 validation UA (``train.selection = "val_ua"``, ``selected_epochs = [best_epoch]``, no
-kept selection states).
+kept selection states). 3 (sertrain 0.5.0) had ``loss.w_gender`` and ``loss.w_speaker``: read
+as ``loss.weights = {gender = w_gender, speaker = w_speaker}`` plus the registry's default
+weights of the tasks it could not activate, so its resume checks and model are unchanged.
 """
 
 from __future__ import annotations
@@ -53,11 +55,14 @@ from serprep.config import FeatureConfig, SegmentConfig
 from .config import Config, DataConfig, LossConfig, ModelConfig, TrainConfig
 from .errors import InputError
 from .model import InputSpec, SERModel, build_model
+from .tasks import default_weights
 
 FORMAT = "sertrain-checkpoint"
 #: 2: adds ``store_content_sha256`` and ``content_sha256``; every field is validated on load.
 #: 3: adds ``train.selection``, ``selected_epochs`` and ``selection_states``.
-FORMAT_VERSION = 3
+#: 4: ``loss.weights`` (one weight per task of :mod:`sertrain.tasks`) replaces ``loss.w_gender`` and
+#: ``loss.w_speaker``.
+FORMAT_VERSION = 4
 #: The oldest format still read (with the upgrade rule in :func:`_upgrade`).
 OLDEST_READ = 2
 
@@ -127,6 +132,7 @@ class Checkpoint:
             len(self.emotion_classes),
             len(self.gender_classes),
             len(self.train_speakers),
+            self.run_config().loss.active_tasks(),
         )
         # load_checkpoint has compared every shape already; this covers a Checkpoint made in
         # code, whose mismatch would otherwise surface as torch's multi-line RuntimeError.
@@ -383,7 +389,7 @@ def checkpoint_from_payload(payload: Any, where: str) -> Checkpoint:
     try:
         with torch.device("meta"):
             reference = build_model(cfg.model, spec, len(data["emotion_classes"]), len(data["gender_classes"]),
-                                    len(data["train_speakers"]))
+                                    len(data["train_speakers"]), cfg.loss.active_tasks())
     except InputError as exc:
         raise bad(f"config: {exc}") from None
     except (RuntimeError, ValueError, TypeError) as exc:
@@ -441,11 +447,23 @@ def checkpoint_from_payload(payload: Any, where: str) -> Checkpoint:
 def _upgrade(data: dict[str, Any], version: int) -> dict[str, Any]:
     """The fields of an older format as this format states them (the file is not changed;
     its checksum is checked over what it holds)."""
+    if version >= 4:
+        return data
+    data = dict(data)
+    config = data.get("config")
+    if isinstance(config, dict) and isinstance(config.get("loss"), dict) and {"w_gender", "w_speaker"} <= set(
+            config["loss"]):
+        # Format <= 3 had loss.w_gender and loss.w_speaker; format 4 has loss.weights, one per
+        # task of the registry. Those runs could only activate gender and speaker, so the
+        # other tasks' weights (filled with the registry's defaults) change nothing. (Without
+        # both old keys the config is left as it is, and refused as incomplete.)
+        loss = {k: v for k, v in config["loss"].items() if k not in ("w_gender", "w_speaker")}
+        loss["weights"] = {**default_weights(), **{k[2:]: v for k, v in config["loss"].items()
+                                                   if k in ("w_gender", "w_speaker")}}
+        config = data["config"] = {**config, "loss": loss}
     if version >= 3:
         return data
     # Format 2 had one selection rule: the epoch with the best validation UA.
-    data = dict(data)
-    config = data.get("config")
     if isinstance(config, dict) and isinstance(config.get("train"), dict):
         config = {**config, "train": {**config["train"]}}
         config["train"].setdefault("selection", "val_ua")
@@ -551,6 +569,8 @@ def _type_ok(value: Any, type_text: str) -> bool:
         return isinstance(value, str)
     if t == "bool":
         return isinstance(value, bool)
+    if t.startswith("dict[str,") and t.endswith("]"):
+        return isinstance(value, dict) and all(isinstance(k, str) and _type_ok(v, t[9:-1]) for k, v in value.items())
     if t.startswith("list[") and t.endswith("]"):
         return isinstance(value, list) and all(_type_ok(x, t[5:-1]) for x in value)
     # A field type this checker does not know yet: leave it to the dataclass (not refused).

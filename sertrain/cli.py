@@ -19,6 +19,12 @@ from serprep.clickutil import OneLineErrorGroup
 
 from . import __version__
 from .errors import InputError, SertrainError
+from .tasks import TASKS, aux_names, parse_aux
+
+#: What --aux takes (from the task registry).
+_AUX_HELP = ("Active auxiliary tasks: none, or task names joined by + (" + ", ".join(aux_names())
+             + "; vad = arousal+valence+dominance, the dimensions the store rates), e.g. gender+speaker+vad "
+             "[loss.aux].")
 
 # Options that map straight onto config keys: (option name, config key, click type, help).
 _CONFIG_OPTIONS: list[tuple[str, str, Any, str]] = [
@@ -45,8 +51,9 @@ _CONFIG_OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--selection", "train.selection", click.Choice(["val_ua", "val_loss", "val_ua_smooth3", "top3_average"]),
      "Model selection on the validation speakers: best UA, lowest loss, best 3-epoch mean UA, or the "
      "average weights of the 3 best-UA epochs [train.selection]."),
-    ("--w-gender", "loss.w_gender", float, "Weight of the gender loss [loss.w_gender]."),
-    ("--w-speaker", "loss.w_speaker", float, "Weight of the speaker loss [loss.w_speaker]."),
+    # One weight option per task of the registry (sertrain/tasks.py).
+    *[(f"--w-{name}", f"loss.weights.{name}", float,
+       f"Weight of the {name} loss: {task.description} [loss.weights.{name}].") for name, task in TASKS.items()],
     ("--scheme", "data.scheme", str, "Fold scheme of the store, e.g. loso, loso-speaker [data.scheme]."),
 ]
 
@@ -233,17 +240,31 @@ def _parse_folds(text: str | None) -> list[int] | None:
 
 
 def _parse_aux(text: str | None) -> list[str] | None:
-    from .config import AUX_SETTINGS
-
+    """The settings of a comma list ``--aux none,gender+speaker,vad`` (each checked against the
+    task registry; the same tasks listed twice are refused)."""
     if not text:
         return None
     items = [x.strip() for x in text.split(",") if x.strip()]
+    seen: dict[tuple[str, ...], str] = {}
     for item in items:
-        if item not in AUX_SETTINGS:
-            raise InputError(f"--aux: {item!r} is not one of {', '.join(AUX_SETTINGS)}")
-    if len(set(items)) != len(items):
-        raise InputError(f"--aux lists a setting twice: {text!r}")
+        try:
+            tasks = parse_aux(item)
+        except InputError as exc:
+            raise InputError(f"--aux: {exc}") from None
+        if tasks in seen:
+            raise InputError(f"--aux lists a setting twice: {seen[tasks]!r} and {item!r}")
+        seen[tasks] = item
     return items
+
+
+def _check_aux(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """click callback: one ``--aux`` setting, checked against the task registry."""
+    if value is not None:
+        try:
+            parse_aux(value)
+        except InputError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
 
 
 @click.group(cls=OneLineErrorGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -283,8 +304,8 @@ _TENSORBOARD_OPTION = click.option(
 @click.option("--folds", "folds_text", metavar="LIST", default=None,
               help="Comma list of fold numbers to run (default: all folds of the scheme).")
 @click.option("--aux", "aux_text", metavar="LIST", default=None,
-              help="Auxiliary tasks: none, gender, speaker, gender+speaker, or a comma list for an "
-                   "ablation grid with one comparison table [loss.aux].")
+              help=_AUX_HELP[:-len(" [loss.aux].")] + "; or a comma list of settings for an ablation grid with "
+                   "one comparison table, e.g. none,gender+speaker,vad,gender+speaker+vad [loss.aux].")
 @click.option("--bootstrap", "n_resamples", type=click.IntRange(min=1000), default=1000, show_default=True,
               metavar="N", help="Bootstrap resamples of the confidence intervals (seeded).")
 @_TENSORBOARD_OPTION
@@ -379,8 +400,7 @@ def _cv_slots(n_parallel: int | None, devices_text: str | None, device: Any) -> 
 @click.option("--within", "within_dirs", multiple=True, metavar="RUN_DIR", type=click.Path(path_type=Path),
               help="A `sertrain cv` folder run on a test store (matched by the store content sha256 in its "
                    "metrics.json; repeatable): adds that cv's pooled result as a within-corpus reference row.")
-@click.option("--aux", type=click.Choice(["none", "gender", "speaker", "gender+speaker"]), default=None,
-              help="Active auxiliary tasks [loss.aux].")
+@click.option("--aux", metavar="TASKS", default=None, callback=_check_aux, help=_AUX_HELP)
 @click.option("--bootstrap", "n_resamples", type=click.IntRange(min=1000), default=1000, show_default=True,
               metavar="N", help="Bootstrap resamples of the confidence intervals (seeded).")
 @functools.partial(
@@ -453,8 +473,7 @@ def _check_protocol_store(source: Any, store: Path, protocol: Any, log: Callable
 @click.option("--fold", type=int, required=True, help="Fold number (1..K of the scheme).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder: best.pt, last.pt, metrics.json, predictions.csv, plots.")
-@click.option("--aux", type=click.Choice(["none", "gender", "speaker", "gender+speaker"]), default=None,
-              help="Active auxiliary tasks [loss.aux].")
+@click.option("--aux", metavar="TASKS", default=None, callback=_check_aux, help=_AUX_HELP)
 @_TENSORBOARD_OPTION
 @_config_options
 @_handle_errors

@@ -29,14 +29,16 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from .errors import InputError
+from .tasks import TASKS, aux_names, default_weights, parse_aux
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 #: Values of ``train.compile``: off, or a torch.compile mode.
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
-#: Auxiliary-task settings accepted by ``--aux`` (which configured loss weights are active).
-AUX_SETTINGS = ("none", "gender", "speaker", "gender+speaker")
+#: Old spelling of a task's loss weight, ``loss.w_<task>`` (sertrain <= 0.5 configs, checkpoints
+#: and protocol files): read as ``loss.weights.<task>`` (:func:`_migrate_loss`, the one place).
+_OLD_WEIGHT_PREFIX = "w_"
 
 
 @dataclass
@@ -67,25 +69,60 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """Multi-task loss ``CE_emotion + w_gender * CE_gender + w_speaker * CE_speaker``.
+    """Multi-task loss ``CE_emotion + sum over active tasks of weights[task] * loss_task``.
 
-    ``aux`` selects which of the configured auxiliary weights are active: ``none`` zeroes
-    both (single-task baseline), ``gender`` keeps ``w_gender`` only, ``gender+speaker``
-    keeps both. ``--aux`` on the command line sets it; the weights stay as configured.
+    ``aux`` selects the active auxiliary tasks (:func:`sertrain.tasks.parse_aux`): ``none``
+    (single-task baseline), or task names joined by ``+`` (``gender+speaker``, ``vad`` for
+    arousal+valence+dominance). ``weights`` holds one weight per registered task
+    (:data:`sertrain.tasks.TASKS`; missing ones take the registry's defaults); inactive tasks'
+    weights are kept but unused. ``--aux`` on the command line sets ``aux``; the weights stay
+    as configured.
     """
 
     aux: str = "gender+speaker"
-    w_gender: float = 0.3
-    w_speaker: float = 0.1
+    weights: dict[str, float] = field(default_factory=default_weights)
     label_smoothing: float = 0.0
 
-    def effective_weights(self) -> tuple[float, float]:
-        """(w_gender, w_speaker) after applying ``aux``."""
-        parts = set(self.aux.split("+")) - {"none"}
-        return (
-            self.w_gender if "gender" in parts else 0.0,
-            self.w_speaker if "speaker" in parts else 0.0,
-        )
+    def active_tasks(self) -> tuple[str, ...]:
+        """The auxiliary tasks ``aux`` switches on, in registry order."""
+        return parse_aux(self.aux)
+
+    def active_weights(self) -> dict[str, float]:
+        """``{task: weight}`` of the active auxiliary tasks (a weight of 0 leaves the term out)."""
+        return {name: float(self.weights[name]) for name in self.active_tasks()}
+
+
+def _migrate_loss(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """``[loss]`` as this version states it: old ``w_<task>`` keys moved into ``weights``
+    (refused when both spellings give different values), missing task weights filled from
+    the registry's defaults, unknown task names refused."""
+    values = dict(values)
+    weights = values.get("weights", {})
+    if not isinstance(weights, dict):
+        raise InputError(f"{source}: loss.weights must be a table of task = weight, got {weights!r}")
+    weights = dict(weights)
+    for key in [k for k in values if k.startswith(_OLD_WEIGHT_PREFIX)]:
+        task = key[len(_OLD_WEIGHT_PREFIX):]
+        if task not in TASKS:
+            continue  # left in place: refused below as an unknown key
+        value = values.pop(key)
+        if task in weights and weights[task] != value:
+            raise InputError(f"{source}: loss.{key} = {value!r} and loss.weights.{task} = {weights[task]!r} disagree")
+        weights[task] = value
+    unknown = sorted(set(weights) - set(TASKS))
+    if unknown:
+        raise InputError(f"{source}: loss.weights names unknown task(s) {unknown} (tasks: {', '.join(TASKS)})")
+    # Numbers as floats (TOML writes 1 for 1.0); anything else is left for validate() to refuse.
+    values["weights"] = {name: _as_float(weights.get(name, task.default_weight)) for name, task in TASKS.items()}
+    return values
+
+
+def _as_float(value: Any) -> Any:
+    return float(value) if _is_number(value) else value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -150,8 +187,16 @@ class Config:
     def flat(self) -> dict[str, Any]:
         """``{"model.lstm_hidden": 64, ...}``: every value by its dotted key (the name left out),
         the keys ``--set`` and :func:`apply_overrides` take."""
-        return {f"{section}.{key}": value for section, values in self.to_dict().items()
-                if isinstance(values, dict) for key, value in values.items()}
+        out: dict[str, Any] = {}
+        for section, values in self.to_dict().items():
+            if not isinstance(values, dict):
+                continue
+            for key, value in values.items():
+                if isinstance(value, dict):  # loss.weights: one key per task
+                    out.update({f"{section}.{key}.{name}": v for name, v in value.items()})
+                else:
+                    out[f"{section}.{key}"] = value
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "Config":
@@ -163,6 +208,8 @@ class Config:
         kwargs: dict[str, Any] = {"name": str(data.get("name", "custom"))}
         for key, klass in sections.items():
             values = dict(data.get(key, {}))
+            if key == "loss":
+                values = _migrate_loss(values, source)
             known = {f.name for f in dataclasses.fields(klass)}
             bad = set(values) - known
             if bad:
@@ -195,10 +242,14 @@ class Config:
                 raise InputError(f"{source}: model.{name} must be >= 1")
         if not 0.0 <= m.dropout < 1.0:
             raise InputError(f"{source}: model.dropout must be in [0, 1)")
-        if lo.aux not in AUX_SETTINGS:
-            raise InputError(f"{source}: loss.aux must be one of {', '.join(AUX_SETTINGS)}, got {lo.aux!r}")
-        if lo.w_gender < 0 or lo.w_speaker < 0:
-            raise InputError(f"{source}: loss weights must be >= 0")
+        try:
+            parse_aux(lo.aux)
+        except InputError as exc:
+            raise InputError(f"{source}: loss.aux must be one of none, {', '.join(aux_names())} or several joined "
+                             f"by + ({exc})") from None
+        for name, weight in lo.weights.items():
+            if not _is_number(weight) or not math.isfinite(weight) or weight < 0:
+                raise InputError(f"{source}: loss.weights.{name} must be a finite number >= 0, got {weight!r}")
         if t.optimizer not in ("adam", "adamw", "sgd"):
             raise InputError(f"{source}: train.optimizer must be adam, adamw or sgd, got {t.optimizer!r}")
         if t.lr <= 0:
@@ -275,15 +326,36 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     for key, value in overrides.items():
         if value is None:
             continue
-        parts = key.split(".")
-        if len(parts) != 2 or parts[0] not in data or not isinstance(data[parts[0]], dict):
+        parts = canonical_key(key).split(".")
+        if len(parts) not in (2, 3) or parts[0] not in data or not isinstance(data[parts[0]], dict):
             raise InputError(f"unknown config key {key!r} (use section.key, e.g. train.lr)")
-        section, name = parts
+        section, name = parts[:2]
         if name not in data[section]:
             raise InputError(f"unknown config key {key!r}")
         current = data[section][name]
-        data[section][name] = _coerce(key, value, current)
+        if isinstance(current, dict):  # loss.weights: per-task keys, or a table merged in
+            table = parse_value(value) if isinstance(value, str) and len(parts) == 2 else value
+            if len(parts) == 3:
+                table = {parts[2]: value}
+            if not isinstance(table, dict):
+                raise InputError(f"{key}: expected a table like {{gender = 0.3}}, got {value!r}")
+            for sub, v in table.items():
+                if sub not in current:
+                    raise InputError(f"unknown config key {section}.{name}.{sub} (tasks: {', '.join(current)})")
+                current[sub] = _coerce(f"{section}.{name}.{sub}", v, current[sub])
+        elif len(parts) == 3:
+            raise InputError(f"unknown config key {key!r}")
+        else:
+            data[section][name] = _coerce(key, value, current)
     return Config.from_dict(data, source="command line")
+
+
+def canonical_key(key: str) -> str:
+    """``loss.w_<task>`` (the old spelling, still used by protocol files) -> ``loss.weights.<task>``."""
+    section, _, name = key.partition(".")
+    if section == "loss" and name.startswith(_OLD_WEIGHT_PREFIX) and name[len(_OLD_WEIGHT_PREFIX):] in TASKS:
+        return f"loss.weights.{name[len(_OLD_WEIGHT_PREFIX):]}"
+    return key
 
 
 def _coerce(key: str, value: Any, current: Any) -> Any:

@@ -18,7 +18,8 @@ Why it is shaped this way:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -29,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from serprep.store import is_known_speaker
 
 from .errors import InputError
+from .tasks import DIMENSIONS, TASKS
 
 #: Floor for the per-bin standard deviation (a constant bin must not divide by zero).
 STD_FLOOR = 1e-5
@@ -46,12 +48,20 @@ def normalize(x: torch.Tensor, valid: torch.Tensor, mean: torch.Tensor, std: tor
 
 @dataclass
 class SegmentLabels:
-    """Per-segment label arrays of a store (row = segment id), kept in RAM (a few MB)."""
+    """Per-segment label arrays of a store (row = segment id), kept in RAM (a few MB).
+
+    ``dimensions`` holds the store's dimensional ratings (``arousal``, ``valence``,
+    ``dominance``: only those the store has; empty for a store without them) as float32
+    normalised to [0, 1] by the corpus' own scale: ``(rating - low) / (high - low)`` with
+    ``(low, high) = reader.dimension_scales()[name]`` (IEMOCAP 1-5 and MSP-Podcast 1-7 become
+    comparable, and a sigmoid-free linear head has a fixed target range). NaN = not rated.
+    """
 
     utt: np.ndarray  # int64 utterance index
     emotion: np.ndarray  # int64 class id, -1 = outside the chosen classes
     gender: np.ndarray  # int64 gender id
     speaker: np.ndarray  # int64 global speaker id
+    dimensions: dict[str, np.ndarray] = field(default_factory=dict)  # float32 in [0, 1], NaN = missing
 
     @classmethod
     def from_reader(cls, reader: Any) -> "SegmentLabels":
@@ -61,7 +71,39 @@ class SegmentLabels:
             emotion=seg["emotion"].to_numpy(np.int64),
             gender=seg["gender"].to_numpy(np.int64),
             speaker=seg["speaker"].to_numpy(np.int64),
+            dimensions=read_dimensions(reader, seg),
         )
+
+
+def read_dimensions(reader: Any, seg: Any) -> dict[str, np.ndarray]:
+    """The store's dimensional ratings per segment, normalised to [0, 1] (see :class:`SegmentLabels`).
+
+    A store without ``dimension_scales`` (older stores, and every store before serprep records
+    ratings) has none. A column without a scale, a scale that is not ``low < high``, or a
+    rating that is infinite or outside its scale is refused in one line naming the store.
+    """
+    scales_of = getattr(reader, "dimension_scales", None)
+    scales = dict(scales_of()) if callable(scales_of) else {}
+    name = str(getattr(reader, "path", "store"))
+    out: dict[str, np.ndarray] = {}
+    for dim in DIMENSIONS:
+        if dim not in seg.columns:
+            if dim in scales:
+                raise InputError(f"{name}: a scale for {dim} but no {dim} column in its segments")
+            continue
+        if dim not in scales:
+            raise InputError(f"{name}: segments have a {dim} column but the store records no scale for it")
+        low, high = (float(v) for v in scales[dim])
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise InputError(f"{name}: the scale of {dim} is ({low}, {high}); expected finite low < high")
+        raw = seg[dim].to_numpy(np.float64)
+        rated = ~np.isnan(raw)
+        bad = rated & ~((raw >= low) & (raw <= high))  # infinities fall here too
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise InputError(f"{name}: segment {first} has {dim} {raw[first]}, outside its scale [{low}, {high}]")
+        out[dim] = ((raw - low) / (high - low)).astype(np.float32)
+    return out
 
 
 def speaker_map(speaker_vocab: Sequence[str], train_speakers: Sequence[str]) -> np.ndarray:
@@ -79,7 +121,9 @@ class SegmentBatchDataset(Dataset):
     """``dataset[list_of_segment_ids]`` -> one normalised minibatch (a dict of tensors).
 
     Keys: ``x`` float32 ``[B, 3, frames, n_mels]``, ``valid`` int64 ``[B]``, ``emotion``,
-    ``gender``, ``speaker`` (fold-local, -1 for non-training speakers), ``segment``, ``utt``.
+    one target per task of :data:`sertrain.tasks.TASKS` the store can give (``gender``,
+    ``speaker``: fold-local, -1 for non-training speakers; ``arousal`` etc. float32 in
+    [0, 1], NaN = not rated, only when the store rates them), ``segment``, ``utt``.
     """
 
     def __init__(
@@ -110,13 +154,14 @@ class SegmentBatchDataset(Dataset):
         """The host tensors of a batch besides ``x`` and ``valid``: labels and ids of segments ``idx``
         (also used by :class:`sertrain.cache.DeviceCache`)."""
         idx = np.asarray(idx, dtype=np.int64)
-        return {
-            "emotion": torch.from_numpy(self.labels.emotion[idx]),
-            "gender": torch.from_numpy(self.labels.gender[idx]),
-            "speaker": torch.from_numpy(self.speaker_ids[self.labels.speaker[idx]]),
-            "segment": torch.from_numpy(idx),
-            "utt": torch.from_numpy(self.labels.utt[idx]),
-        }
+        out = {"emotion": torch.from_numpy(self.labels.emotion[idx])}
+        for name, task in TASKS.items():  # one target per registered task the store can give
+            target = task.targets(self, idx)
+            if target is not None:
+                out[name] = torch.from_numpy(np.ascontiguousarray(target))
+        out["segment"] = torch.from_numpy(idx)
+        out["utt"] = torch.from_numpy(self.labels.utt[idx])
+        return out
 
 
 class BalancedBatchSampler(Sampler[list[int]]):

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -173,8 +173,7 @@ class DistributedRun:
         self,
         out: dict[str, torch.Tensor],
         batch: dict[str, torch.Tensor],
-        w_gender: float,
-        w_speaker: float,
+        weights: Mapping[str, float],
         label_smoothing: float = 0.0,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """:func:`sertrain.train.multitask_loss` of the global batch, split over ranks.
@@ -187,11 +186,15 @@ class DistributedRun:
         import torch.distributed as dist
 
         device = out["emotion"].device
+        from .tasks import TASKS
+
         terms = [("emotion", 1.0, label_smoothing)]
-        if w_gender > 0:
-            terms.append(("gender", w_gender, 0.0))
-        if w_speaker > 0 and "speaker" in out:
-            terms.append(("speaker", w_speaker, 0.0))
+        for name, task in TASKS.items():  # registry order, as in one process
+            weight = weights.get(name, 0.0)
+            if weight > 0 and name in out:
+                if task.kind != "classification":  # CCC is not a sum over segments (train refuses first)
+                    raise InputError(f"torchrun: the {name} loss (1 - CCC) is not split over processes")
+                terms.append((name, weight, 0.0))
         counts = torch.stack([(batch[name] >= 0).sum().cpu() for name, _, _ in terms]).to(torch.float64)
         dist.all_reduce(counts, group=self.group)
         loss: torch.Tensor | None = None

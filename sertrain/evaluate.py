@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,8 +20,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data import SegmentBatchDataset, SequentialBatchSampler, host_to_device, make_loader
-from .metrics import classification_metrics
+from .errors import SertrainError
+from .metrics import classification_metrics, regression_metrics
 from .runtime import Precision
+from .tasks import DIMENSIONS
 
 
 @dataclass
@@ -33,6 +35,9 @@ class SegmentOutputs:
     posteriors: np.ndarray  # float32 [N, n_emotions], softmax
     emotion: np.ndarray  # int64 reference class per segment (-1 = none)
     loss: float  # mean emotion cross-entropy over labelled segments (NaN if none)
+    #: Per dimension the model has a head for and the batches rate: (prediction, target) float32
+    #: per segment (targets normalised to [0, 1], NaN = not rated). Empty without such tasks.
+    dimensions: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 @torch.no_grad()
@@ -51,6 +56,7 @@ def segment_outputs(
     was_training = model.training
     model.eval()
     segs, utts, posts, emos, loss_sums = [], [], [], [], []
+    dims: dict[str, tuple[list[torch.Tensor], list[np.ndarray]]] = {}
     loss_n = 0
     for batch in loader:
         x = batch["x"].to(device, non_blocking=True)  # already there from a device cache
@@ -71,6 +77,11 @@ def segment_outputs(
         segs.append(batch["segment"].numpy())
         utts.append(batch["utt"].numpy())
         emos.append(batch["emotion"].numpy())
+        for name in DIMENSIONS:  # a rated dimension with a head: its predictions, kept on the device
+            if name in out and name in batch:
+                preds, targets = dims.setdefault(name, ([], []))
+                preds.append(out[name].float().reshape(-1))
+                targets.append(batch[name].numpy())
     model.train(was_training)
     n_cls = getattr(model, "n_emotions", 0)
     loss_sum = 0.0
@@ -83,6 +94,7 @@ def segment_outputs(
         posteriors=torch.cat(posts).cpu().numpy() if posts else np.zeros((0, n_cls), np.float32),
         emotion=cat(emos, np.int64),
         loss=loss_sum / loss_n if loss_n else float("nan"),
+        dimensions={name: (torch.cat(p).cpu().numpy(), np.concatenate(t)) for name, (p, t) in dims.items()},
     )
 
 
@@ -164,6 +176,17 @@ def evaluate_loader(
     )
     for c, name in enumerate(emotion_classes):
         pred[f"p_{name}"] = scores[:, c]
+    if out.dimensions:
+        metrics["dimensions"] = {}
+        for name, (seg_pred, seg_true) in out.dimensions.items():
+            # An utterance's prediction: the mean over its segments; its rating: its segments' (identical).
+            _, mean_pred, _ = aggregate(out.utts, seg_pred[:, None].astype(np.float64), "mean")
+            truth = seg_true[first].astype(np.float64)
+            try:
+                metrics["dimensions"][name] = regression_metrics(truth, mean_pred[:, 0])
+            except ValueError as exc:
+                raise SertrainError(f"{name}: {exc} (the model diverged)") from None
+            pred[name], pred[f"pred_{name}"] = truth, mean_pred[:, 0]
     return Evaluation(metrics, pred, out.loss)
 
 

@@ -8,6 +8,14 @@ Definitions (docs/method.md):
   the predictions (``sklearn.metrics.f1_score(average="macro")``, zero when undefined).
 - confusion matrix: rows = reference, columns = prediction, over all ``n_classes`` classes.
 - by gender: UA, WA and per-class recall computed on each gender's utterances separately.
+
+Regression metrics of a dimension (arousal, valence, dominance), over the pairs whose
+reference is rated (NaN = not rated, left out; a non-finite prediction is an error):
+- CCC (Lin's concordance correlation coefficient):
+  ``2 cov(y, p) / (var(y) + var(p) + (mean(y) - mean(p))^2)`` with population (1/n) moments;
+  1 = perfect agreement, a shift or a scale change lowers it (unlike Pearson's r).
+- Pearson r: ``cov(y, p) / (std(y) std(p))``; NaN when either side is constant.
+- RMSE: ``sqrt(mean((p - y)^2))``.
 """
 
 from __future__ import annotations
@@ -102,3 +110,54 @@ def classification_metrics(
 
 def _none_if_nan(x: float) -> float | None:
     return None if np.isnan(x) else float(x)
+
+
+def _rated_pairs(y_true: Any, y_pred: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(reference, prediction) as float64 over the rated pairs; shapes, non-finite predictions
+    and infinite references are refused (never a silently wrong number)."""
+    y = np.asarray(y_true, dtype=np.float64).reshape(-1)
+    p = np.asarray(y_pred, dtype=np.float64).reshape(-1)
+    if y.shape != p.shape:
+        raise ValueError(f"reference and prediction differ in length ({y.size} vs {p.size})")
+    if np.isinf(y).any():
+        raise ValueError("reference ratings hold infinite values (NaN marks a missing rating)")
+    rated = ~np.isnan(y)
+    if not np.isfinite(p[rated]).all():
+        raise ValueError("predictions hold non-finite values")
+    return y[rated], p[rated]
+
+
+def ccc(y_true: Any, y_pred: Any) -> float:
+    """Concordance correlation coefficient over the rated pairs (see module docstring); NaN
+    when there is no rated pair or both sides are one constant value."""
+    y, p = _rated_pairs(y_true, y_pred)
+    if y.size == 0:
+        return float("nan")
+    my, mp = y.mean(), p.mean()
+    cov = ((y - my) * (p - mp)).mean()
+    denom = y.var() + p.var() + (my - mp) ** 2
+    return float(2 * cov / denom) if denom > 0 else float("nan")
+
+
+def pearson_r(y_true: Any, y_pred: Any) -> float:
+    """Pearson correlation over the rated pairs; NaN when either side is constant or empty."""
+    y, p = _rated_pairs(y_true, y_pred)
+    if y.size < 2:
+        return float("nan")
+    sy, sp = y.std(), p.std()
+    if sy == 0 or sp == 0:
+        return float("nan")
+    return float(((y - y.mean()) * (p - p.mean())).mean() / (sy * sp))
+
+
+def rmse(y_true: Any, y_pred: Any) -> float:
+    """Root mean squared error over the rated pairs; NaN when there is none."""
+    y, p = _rated_pairs(y_true, y_pred)
+    return float(np.sqrt(((p - y) ** 2).mean())) if y.size else float("nan")
+
+
+def regression_metrics(y_true: Any, y_pred: Any) -> dict[str, Any]:
+    """``{"n", "ccc", "pearson_r", "rmse"}`` of one dimension (JSON-ready; NaN as None)."""
+    y, _ = _rated_pairs(y_true, y_pred)
+    return {"n": int(y.size), "ccc": _none_if_nan(ccc(y_true, y_pred)),
+            "pearson_r": _none_if_nan(pearson_r(y_true, y_pred)), "rmse": _none_if_nan(rmse(y_true, y_pred))}

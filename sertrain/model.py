@@ -7,7 +7,7 @@ Shape walk-through for the ``paper`` config and a ``[B, 3, 300, 40]`` input::
     per time step: flatten 256*10, linear 768    -> [B, 150, 768]
     BLSTM 128 per direction (packed: padding never enters the recurrence) -> [B, 150, 256]
     additive attention, softmax over valid steps -> [B, 256]
-    shared embedding (linear, LeakyReLU, dropout) -> heads: emotion, gender, speaker
+    shared embedding (linear, LeakyReLU, dropout) -> heads: emotion, gender, speaker (+ arousal, valence, dominance when active)
 
 Padding: segments shorter than the window are zero-padded, with their valid frame count.
 The model is exactly invariant to what the padded frames contain: every conv block's input
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -28,6 +28,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .config import ModelConfig
 from .errors import InputError
+from .tasks import TASKS, head_sizes
 
 
 @dataclass(frozen=True)
@@ -139,12 +140,18 @@ class MaskedAttention(nn.Module):
 
 
 class SERModel(nn.Module):
-    """CNN -> BLSTM -> masked attention -> shared embedding -> emotion/gender/speaker heads.
+    """CNN -> BLSTM -> masked attention -> shared embedding -> emotion head and task heads.
 
     ``forward(x, valid)`` takes normalised features ``[B, 3, frames, n_mels]`` and valid
-    frame counts ``[B]`` and returns a dict of logits (``emotion``, ``gender``, ``speaker``
-    when ``n_speakers > 0``), the attention ``weights`` ``[B, T']`` and ``lengths`` ``[B]``
-    (valid steps after pooling).
+    frame counts ``[B]`` and returns a dict of outputs (``emotion`` logits, and one entry per
+    auxiliary head: ``gender``, ``speaker`` when ``n_speakers > 0``, and ``arousal`` etc.
+    ``[B, 1]`` when those tasks are in ``tasks``), the attention ``weights`` ``[B, T']`` and
+    ``lengths`` ``[B]`` (valid steps after pooling).
+
+    The auxiliary heads come from the task registry (:func:`sertrain.tasks.head_sizes`): the
+    gender and speaker heads always (their state-dict keys ``gender_head.*`` and
+    ``speaker_head.*`` are those of every older checkpoint), the others when ``tasks``
+    (the active auxiliary tasks) name them. Each is the attribute ``<task>_head``.
     """
 
     def __init__(
@@ -154,11 +161,14 @@ class SERModel(nn.Module):
         n_emotions: int,
         n_genders: int,
         n_speakers: int,
+        tasks: Sequence[str] = (),
     ):
         super().__init__()
         self.cfg = cfg
         self.spec = spec
         self.n_emotions, self.n_genders, self.n_speakers = n_emotions, n_genders, n_speakers
+        #: ``{task: outputs}`` of the auxiliary heads, in registry order.
+        self.task_heads = head_sizes({"genders": n_genders, "speakers": n_speakers}, tuple(tasks))
         blocks = []
         c_in, t, f = spec.channels, spec.frames, spec.n_mels
         for c_out, kernel, pool in zip(cfg.conv_channels, cfg.conv_kernels, cfg.conv_pools):
@@ -189,9 +199,13 @@ class SERModel(nn.Module):
             nn.Dropout(cfg.dropout),
         )
         self.emotion_head = nn.Linear(cfg.embedding_dim, n_emotions)
-        self.gender_head = nn.Linear(cfg.embedding_dim, n_genders)
-        # Speaker classes are the fold's training speakers only (test speakers are unseen).
-        self.speaker_head = nn.Linear(cfg.embedding_dim, n_speakers) if n_speakers > 0 else None
+        # Created in registry order: the order fixes the random initial weights. Speaker
+        # classes are the fold's training speakers only (test speakers are unseen); without
+        # any, speaker_head is None.
+        for name in TASKS:
+            size = self.task_heads.get(name)
+            if size is not None or TASKS[name].legacy_head:
+                setattr(self, f"{name}_head", nn.Linear(cfg.embedding_dim, size) if size else None)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor,
                 valid_host: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -259,14 +273,10 @@ class SERModel(nn.Module):
         mask = time_mask(lengths, h.shape[1])
         pooled, weights = self.attention(h, mask)
         emb = self.embedding(pooled)
-        result = {
-            "emotion": self.emotion_head(emb),
-            "gender": self.gender_head(emb),
-            "weights": weights,
-            "embedding": emb,
-        }
-        if self.speaker_head is not None:
-            result["speaker"] = self.speaker_head(emb)
+        result = {"emotion": self.emotion_head(emb)}
+        for name in self.task_heads:
+            result[name] = getattr(self, f"{name}_head")(emb)
+        result["weights"], result["embedding"] = weights, emb
         return result
 
     def packing_lengths(self, valid: torch.Tensor, frames: int) -> torch.Tensor:
@@ -298,10 +308,13 @@ class SERModel(nn.Module):
 
 
 def build_model(
-    cfg: ModelConfig, spec: InputSpec, n_emotions: int, n_genders: int, n_speakers: int
+    cfg: ModelConfig, spec: InputSpec, n_emotions: int, n_genders: int, n_speakers: int,
+    tasks: Sequence[str] = (),
 ) -> SERModel:
-    """Construct :class:`SERModel` (one code path for every named config), conv weights NHWC."""
-    return SERModel(cfg, spec, n_emotions, n_genders, n_speakers).to(memory_format=torch.channels_last)
+    """Construct :class:`SERModel` (one code path for every named config), conv weights NHWC.
+    ``tasks``: the active auxiliary tasks (``cfg.loss.active_tasks()``), which decide the
+    heads beyond gender and speaker."""
+    return SERModel(cfg, spec, n_emotions, n_genders, n_speakers, tasks).to(memory_format=torch.channels_last)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .config import Config, apply_overrides, load_config
+from .config import Config, apply_overrides, canonical_key, load_config
 
 #: Keys that change how a run reads data or how fast it goes, not its numbers (train.compile:
 #: rounding and dropout draws, as any GPU run's kernel choice does; README, "Training speed").
@@ -84,6 +84,7 @@ def deviation_text(devs: list[dict[str, Any]], explicit: Sequence[str] = (), lim
     """``config 'paper' -> 'cpu-small' (12 values), train.epochs 50 -> 2, seeds [0, 1, 2, 3, 4] -> [0, 1]``:
     the preset and the options given explicitly first; values that only follow from another
     preset are counted, not listed (metrics.json lists every one)."""
+    explicit = [canonical_key(k) for k in explicit]  # loss.w_gender is loss.weights.gender
     named = {d["key"] for d in devs if d["key"] in ("config", "seeds", "folds", "loss.aux") or d["key"] in explicit}
     from_preset = [d for d in devs if d["key"] not in named]
     items = []

@@ -28,7 +28,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -62,6 +62,7 @@ from .evaluate import clean_json, evaluate_loader, write_reports
 from .model import InputSpec, SERModel, build_model, check_input_spec, count_parameters
 from .runtime import Precision, resolve_device, resolve_precision, seed_everything
 from .selection import Selection, get_rule, select, selection_state, should_stop
+from .tasks import DIMENSIONS, TASKS, regression_tasks
 
 Logger = Callable[[str], None]
 #: Called after each epoch with (epoch, model, history entry); see :func:`train_fold`.
@@ -118,28 +119,31 @@ class FoldResult:
 def multitask_loss(
     out: dict[str, torch.Tensor],
     batch: dict[str, torch.Tensor],
-    w_gender: float,
-    w_speaker: float,
+    weights: Mapping[str, float],
     label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """``CE_emotion + w_gender * CE_gender + w_speaker * CE_speaker`` (fp32 logits).
+    """``CE_emotion + sum over tasks of weights[task] * loss_task`` (fp32 outputs).
 
-    Labels of -1 are ignored (no emotion class; not a training speaker). A term whose weight
-    is 0, or whose batch holds no usable label, is left out rather than added as 0 * NaN.
-    The parts are read back as floats (a synchronisation on a GPU); the training loop uses
-    :func:`multitask_loss_terms`, which keeps them on the device.
+    ``weights``: ``{task: weight}`` of the active auxiliary tasks (``cfg.loss.active_weights()``;
+    the terms follow :data:`sertrain.tasks.TASKS`' order). Labels of -1 are ignored (no emotion
+    class; not a training speaker), and so are NaN regression targets. A term whose weight is
+    0, whose head the model lacks, or whose batch holds no usable target, is left out rather
+    than added as 0 * NaN. The parts are read back as floats (a synchronisation on a GPU);
+    the training loop uses :func:`multitask_loss_terms`, which keeps them on the device.
     """
     device = out["emotion"].device
-    labels = {key: batch[key] for key in ("emotion", "gender", "speaker") if key in batch}
+    labels = {key: batch[key] for key in ("emotion", *TASKS) if key in batch}
     loss, parts = multitask_loss_terms(out, {k: v.to(device) for k, v in labels.items()},
-                                       _label_presence(labels), w_gender, w_speaker, label_smoothing)
+                                       _label_presence(labels), weights, label_smoothing)
     return loss, {key: float(value) for key, value in parts.items()}
 
 
 def _label_presence(labels: dict[str, torch.Tensor]) -> dict[str, bool]:
-    """Whether each label tensor holds a usable label (>= 0); read on the host when the labels
-    are CPU tensors (as batches deliver them), so no device value is waited for."""
-    return {key: bool((value.numpy() >= 0).any()) if value.device.type == "cpu" else bool((value >= 0).any())
+    """Whether each label tensor holds a usable label (a class >= 0; a finite rating); read on
+    the host when the labels are CPU tensors (as batches deliver them), so no device value is
+    waited for."""
+    return {key: TASKS[key].present(value) if key in TASKS else
+            bool((value.numpy() >= 0).any()) if value.device.type == "cpu" else bool((value >= 0).any())
             for key, value in labels.items()}
 
 
@@ -147,25 +151,22 @@ def multitask_loss_terms(
     out: dict[str, torch.Tensor],
     labels: dict[str, torch.Tensor],
     present: dict[str, bool],
-    w_gender: float,
-    w_speaker: float,
+    weights: Mapping[str, float],
     label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """:func:`multitask_loss` without reading anything back: ``labels`` are on the logits'
-    device, ``present`` says (from the host) which label kinds the batch holds, and the parts
+    """:func:`multitask_loss` without reading anything back: ``labels`` are on the outputs'
+    device, ``present`` says (from the host) which targets the batch holds, and the parts
     are detached 0-dim tensors on the device. Same operations in the same order, so the same
     values as :func:`multitask_loss`."""
     loss = F.cross_entropy(out["emotion"].float(), labels["emotion"], ignore_index=-1,
                            label_smoothing=label_smoothing)
     parts = {"emotion": loss.detach()}
-    if w_gender > 0 and present.get("gender"):
-        lg = F.cross_entropy(out["gender"].float(), labels["gender"], ignore_index=-1)
-        loss = loss + w_gender * lg
-        parts["gender"] = lg.detach()
-    if w_speaker > 0 and "speaker" in out and present.get("speaker"):
-        ls = F.cross_entropy(out["speaker"].float(), labels["speaker"], ignore_index=-1)
-        loss = loss + w_speaker * ls
-        parts["speaker"] = ls.detach()
+    for name, task in TASKS.items():  # registry order: gender, speaker, then the dimensions
+        weight = weights.get(name, 0.0)
+        if weight > 0 and name in out and present.get(name):
+            term = task.loss(out[name], labels[name])
+            loss = loss + weight * term
+            parts[name] = term.detach()
     parts["total"] = loss.detach()
     return loss, parts
 
@@ -374,11 +375,16 @@ def _train_fold(
     dataset = SegmentBatchDataset(
         reader, labels, fold.norm_mean, fold.norm_std, speaker_map(list(reader.vocab("speaker")), train_speakers)
     )
-    w_gender, w_speaker = cfg.loss.effective_weights()
+    weights = cfg.loss.active_weights()
+    check_task_targets(cfg, labels, name)
+    if ddp is not None and regression_tasks(cfg.loss.active_tasks()):
+        raise InputError(f"torchrun: the 1 - CCC loss of {'+'.join(regression_tasks(cfg.loss.active_tasks()))} "
+                         "is not split over processes yet; train those tasks in one process")
     precision = resolve_precision(t.amp, device)
 
     seed_everything(t.seed, device)
-    model = build_model(cfg.model, spec, len(emotion_classes), len(gender_classes), len(train_speakers)).to(device)
+    model = build_model(cfg.model, spec, len(emotion_classes), len(gender_classes), len(train_speakers),
+                        cfg.loss.active_tasks()).to(device)
     if ddp is not None:
         model = ddp.sync_batchnorm(model)  # statistics of the global batch (same state-dict keys)
     if t.compile != "off":
@@ -450,7 +456,7 @@ def _train_fold(
     train_model: torch.nn.Module = model
     if ddp is not None:  # this rank's share of each global batch; DDP averages the gradients
         sampler = ddp.shard(sampler)
-        train_model = ddp.wrap(model, _unused_heads(dataset, fold.balanced_index, w_gender, w_speaker, model))
+        train_model = ddp.wrap(model, _unused_heads(dataset, fold.balanced_index, weights, model))
     # A finished run is only re-tested, unless more epochs were asked for and early
     # stopping had not ended it (then training simply continues).
     has_val = len(fold.validation_segments) > 0
@@ -486,12 +492,14 @@ def _train_fold(
             if ddp is not None:
                 ddp.seed_epoch(t.seed, epoch)
             stats = _train_epoch(train_model, train_loader, sampler, epoch, optimizer, scaler, precision, device,
-                                 w_gender, w_speaker, cfg, ddp)
+                                 weights, cfg, ddp)
             entry: dict[str, Any] = {"epoch": epoch, **stats, "lr": optimizer.param_groups[0]["lr"]}
             if val_loader is not None:
                 ev = evaluate_loader(model, val_loader, manifest, emotion_classes, device, t.aggregate, precision)
                 entry.update(val_loss=ev.metrics["segment_loss"], val_ua=ev.metrics["ua"], val_wa=ev.metrics["wa"],
                              val_f1=ev.metrics["macro_f1"])
+                # Rated dimensions with a head (auxiliary vad): their validation CCC per epoch.
+                entry.update({f"val_ccc_{d}": m["ccc"] for d, m in (ev.metrics.get("dimensions") or {}).items()})
             else:
                 entry.update(val_loss=None, val_ua=None, val_wa=None, val_f1=None)
             entry["seconds"] = time.perf_counter() - t0
@@ -602,10 +610,11 @@ def _train_fold(
     return ddp.from_main(lambda: result) if ddp is not None else result
 
 
-#: history key -> TensorBoard tag.
+#: history key -> TensorBoard tag (``train_loss_<task>`` -> ``loss/train_<task>`` for every task).
 _BOARD_TAGS = {
     "train_loss": "loss/train_total", "train_loss_emotion": "loss/train_emotion",
-    "train_loss_gender": "loss/train_gender", "train_loss_speaker": "loss/train_speaker",
+    **{f"train_loss_{name}": f"loss/train_{name}" for name in TASKS},
+    **{f"val_ccc_{name}": f"validation/ccc_{name}" for name in DIMENSIONS},
     "val_loss": "loss/validation_emotion", "val_ua": "validation/ua", "val_wa": "validation/wa",
     "val_f1": "validation/macro_f1", "train_acc": "train/accuracy", "lr": "train/lr",
     "segments_per_s": "train/segments_per_s",
@@ -649,19 +658,35 @@ def _build_cache(dataset: SegmentBatchDataset, fold: Any, device: torch.device, 
     return cache
 
 
-def _unused_heads(dataset: SegmentBatchDataset, index: np.ndarray, w_gender: float, w_speaker: float,
+def check_task_targets(cfg: Config, labels: SegmentLabels, store_name: str) -> None:
+    """Refuse, in one line naming the store, active regression tasks the store has no ratings for
+    (``vad`` needs at least one dimension; a dimension named alone needs that one)."""
+    wanted = regression_tasks(cfg.loss.active_tasks())
+    if not wanted:
+        return
+    if not labels.dimensions:
+        raise InputError(f"{store_name}: --aux {cfg.loss.aux} asks for {'+'.join(wanted)} but the store has no "
+                         f"dimensional ratings ({', '.join(DIMENSIONS)})")
+    missing = [d for d in wanted if d not in labels.dimensions]
+    if missing and tuple(wanted) != DIMENSIONS:  # vad: whichever dimensions the store rates
+        raise InputError(f"{store_name}: --aux {cfg.loss.aux} asks for {'+'.join(missing)} but the store rates "
+                         f"only {', '.join(labels.dimensions)}")
+
+
+def _unused_heads(dataset: SegmentBatchDataset, index: np.ndarray, weights: Mapping[str, float],
                   model: SERModel) -> bool:
     """Whether a step can leave an output head without gradient (DDP must then look for
-    unused parameters): an auxiliary loss switched off, or training segments without a gender
-    or training-speaker label (a global batch may hold none of them)."""
-    has_speaker_head = getattr(model, "speaker_head", None) is not None
-    if w_gender <= 0 or (has_speaker_head and w_speaker <= 0):
-        return True
+    unused parameters): a head whose loss is switched off, or training segments without one
+    of its targets (a global batch may hold none of them)."""
     idx = np.asarray(index, dtype=np.int64)
-    gaps = bool((dataset.labels.gender[idx] < 0).any())
-    if has_speaker_head:
-        gaps = gaps or bool((dataset.speaker_ids[dataset.labels.speaker[idx]] < 0).any())
-    return gaps
+    for name in getattr(model, "task_heads", {}):
+        if weights.get(name, 0.0) <= 0:
+            return True
+        target = TASKS[name].targets(dataset, idx)
+        if target is None or bool((target < 0).any() if TASKS[name].kind == "classification"
+                                  else (~np.isfinite(target)).any()):
+            return True
+    return False
 
 
 def _train_epoch(
@@ -673,8 +698,7 @@ def _train_epoch(
     scaler: torch.amp.GradScaler,
     precision: Precision,
     device: torch.device,
-    w_gender: float,
-    w_speaker: float,
+    weights: Mapping[str, float],
     cfg: Config,
     ddp: distributed.DistributedRun | None = None,
 ) -> dict[str, float]:
@@ -699,10 +723,10 @@ def _train_epoch(
         with precision.autocast(device):
             out = model(x, moved["valid"], valid_host=batch["valid"])
         if ddp is not None:
-            loss, parts = ddp.multitask_loss(out, batch, w_gender, w_speaker, cfg.loss.label_smoothing)
+            loss, parts = ddp.multitask_loss(out, batch, weights, cfg.loss.label_smoothing)
         else:
-            host = {key: batch[key] for key in ("emotion", "gender", "speaker") if key in batch}
-            loss, parts = multitask_loss_terms(out, moved, _label_presence(host), w_gender, w_speaker,
+            host = {key: batch[key] for key in ("emotion", *TASKS) if key in batch}
+            loss, parts = multitask_loss_terms(out, moved, _label_presence(host), weights,
                                                cfg.loss.label_smoothing)
         steps.append(parts)
         if len(steps) - checked >= check_every:
@@ -733,8 +757,8 @@ def _train_epoch(
     return {
         "train_loss": mean.get("total", float("nan")),
         "train_loss_emotion": mean.get("emotion", float("nan")),
-        "train_loss_gender": mean.get("gender"),
-        "train_loss_speaker": mean.get("speaker"),
+        # One key per active task (and gender, speaker always, as before); None: the term was never in the loss.
+        **{f"train_loss_{name}": mean.get(name) for name, task in TASKS.items() if task.legacy_head or name in weights},
         "train_acc": correct / seen if seen else float("nan"),
         "segments_per_s": seen / elapsed if elapsed > 0 else float("nan"),
     }
@@ -748,9 +772,18 @@ NONFINITE_CHECK_STEPS = {"cpu": 1, "default": 50}
 
 def _labels_to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     """``valid`` and the label tensors of a host batch on ``device``: on CUDA one pinned,
-    non-blocking copy of all of them stacked (the host goes on queueing work)."""
-    keys = [key for key in ("valid", "emotion", "gender", "speaker") if key in batch]
-    return dict(zip(keys, host_to_device([batch[key] for key in keys], device)))
+    non-blocking copy of the integer ones stacked (the host goes on queueing work), and one
+    more of the float regression targets when the batch has any."""
+    keys = [key for key in ("valid", "emotion", *TASKS) if key in batch and not batch[key].is_floating_point()]
+    moved = dict(zip(keys, host_to_device([batch[key] for key in keys], device)))
+    floats = [key for key in TASKS if key in batch and batch[key].is_floating_point()]
+    if floats and device.type == "cpu":
+        moved.update({key: batch[key] for key in floats})
+    elif floats:
+        stacked = torch.stack([batch[key] for key in floats])
+        stacked = stacked.pin_memory() if device.type == "cuda" else stacked
+        moved.update(zip(floats, stacked.to(device, non_blocking=True).unbind(0)))
+    return moved
 
 
 def _refuse_nonfinite(steps: list[dict[str, Any]], start: int, epoch: int) -> None:

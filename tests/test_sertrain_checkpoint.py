@@ -167,6 +167,36 @@ def test_format_2_reads_as_a_best_validation_ua_run(tmp_path):
     assert ckpt.selected_epochs == [1] and ckpt.selection_states is None
 
 
+def test_format_3_reads_its_old_loss_weights(tmp_path):
+    """sertrain 0.5.0 wrote format 3 with loss.w_gender / loss.w_speaker: read as loss.weights
+    (the other tasks at the registry's defaults; they could not be active), so the same run
+    config, resume checks and model. Without both old keys it is refused as incomplete."""
+    p = valid_payload(resume_state=True)
+    p["format_version"] = 3
+    weights = p["config"]["loss"].pop("weights")
+    p["config"]["loss"].update(w_gender=0.25, w_speaker=0.5)
+    ckpt = load_checkpoint(save(p, tmp_path / "v3.pt"))
+    assert ckpt.run_config().loss.weights == {**weights, "gender": 0.25, "speaker": 0.5}
+    assert ckpt.build_model() is not None
+    del p["config"]["loss"]["w_speaker"]
+    refusal(save(p, tmp_path / "v3_partial.pt"), "unknown key\\(s\\) loss.w_gender|lacks loss.weights")
+
+
+def test_dimension_heads_are_part_of_the_checked_architecture(tmp_path):
+    """A run with vad active has one output per dimension; its checkpoint rebuilds them, and a
+    config that says otherwise does not fit its weights."""
+    cfg = apply_overrides(load_config("cpu-small"), {"loss.aux": "gender+speaker+vad"})
+    p = valid_payload()
+    model = build_model(cfg.model, InputSpec(n_mels=FeatureConfig().n_mels, frames=300), 4, 2, len(TRAIN_SPEAKERS),
+                        cfg.loss.active_tasks())
+    p["model_state"] = {k: v.clone() for k, v in model.state_dict().items()}
+    p["config"]["loss"]["aux"] = "gender+speaker+vad"
+    ckpt = load_checkpoint(save(p, tmp_path / "vad.pt"))
+    assert ckpt.build_model().arousal_head.out_features == 1
+    p["config"]["loss"]["aux"] = "gender+speaker"
+    refusal(save(p, tmp_path / "vad_mismatch.pt"), "model_state does not fit the architecture")
+
+
 def test_selection_fields_are_checked(tmp_path):
     p = valid_payload()
     p["selected_epochs"] = [1, 3]

@@ -66,6 +66,41 @@ def test_config_file_with_defaults_and_unknown_keys(tmp_path):
 
 def test_aux_selects_loss_weights():
     lo = load_config("cpu-small").loss
-    assert lo.effective_weights() == (lo.w_gender, lo.w_speaker)
-    for aux, expected in (("none", (0.0, 0.0)), ("gender", (lo.w_gender, 0.0)), ("speaker", (0.0, lo.w_speaker))):
-        assert apply_overrides(load_config("cpu-small"), {"loss.aux": aux}).loss.effective_weights() == expected
+    w = lo.weights
+    assert lo.active_weights() == {"gender": w["gender"], "speaker": w["speaker"]}
+    for aux, expected in (("none", {}), ("gender", {"gender": w["gender"]}), ("speaker", {"speaker": w["speaker"]}),
+                          ("vad", {"arousal": w["arousal"], "valence": w["valence"], "dominance": w["dominance"]}),
+                          ("vad+gender", {"gender": w["gender"], "arousal": w["arousal"], "valence": w["valence"],
+                                          "dominance": w["dominance"]})):
+        assert apply_overrides(load_config("cpu-small"), {"loss.aux": aux}).loss.active_weights() == expected
+
+
+def test_loss_weights_table_and_the_old_keys():
+    """loss.weights has one weight per registered task; the old loss.w_gender / loss.w_speaker
+    spelling (older configs and protocol files) is read as loss.weights.<task>, in one place."""
+    from sertrain.config import Config
+    from sertrain.tasks import TASKS
+
+    cfg = load_config("cpu-small")
+    assert list(cfg.loss.weights) == list(TASKS)
+    assert cfg.flat()["loss.weights.gender"] == 0.3
+    assert apply_overrides(cfg, {"loss.w_gender": 0.5}).loss.weights["gender"] == 0.5
+    assert apply_overrides(cfg, {"loss.weights.arousal": 1}).loss.weights["arousal"] == 1.0
+    assert apply_overrides(cfg, {"loss.weights": "{valence = 0.7}"}).loss.weights["valence"] == 0.7
+    old = Config.from_dict({"loss": {"aux": "gender", "w_gender": 0.2, "w_speaker": 0.4}})
+    assert old.loss.weights["gender"] == 0.2 and old.loss.weights["speaker"] == 0.4
+    assert old.loss.weights["arousal"] == TASKS["arousal"].default_weight
+    with pytest.raises(InputError, match="disagree"):
+        Config.from_dict({"loss": {"w_gender": 0.2, "weights": {"gender": 0.3}}})
+    with pytest.raises(InputError, match=r"unknown task\(s\) \['age'\]"):
+        Config.from_dict({"loss": {"weights": {"age": 0.3}}})
+    with pytest.raises(InputError, match="loss.weights.gender must be a finite number >= 0"):
+        apply_overrides(cfg, {"loss.weights.gender": -1.0})
+    with pytest.raises(InputError, match="loss.weights.gender must be a finite number"):
+        apply_overrides(cfg, {"loss.weights.gender": float("nan")})
+    with pytest.raises(InputError, match="unknown config key loss.weights.age"):
+        apply_overrides(cfg, {"loss.weights.age": 1.0})
+    with pytest.raises(InputError, match="'age' is not a task"):
+        apply_overrides(cfg, {"loss.aux": "gender+age"})
+    with pytest.raises(InputError, match="names arousal twice"):
+        apply_overrides(cfg, {"loss.aux": "arousal+vad"})

@@ -131,11 +131,11 @@ def _batch(case: str) -> dict[str, torch.Tensor]:
     return batch
 
 
-#: case -> (w_gender, w_speaker)
-CASES = {"gaps": (0.3, 0.1), "no_speaker": (0.3, 0.1), "aux_none": (0.0, 0.0)}
+#: case -> active task weights (cfg.loss.active_weights())
+CASES = {"gaps": {"gender": 0.3, "speaker": 0.1}, "no_speaker": {"gender": 0.3, "speaker": 0.1}, "aux_none": {}}
 
 
-def _steps(model, forward_model, batch, w_gender, w_speaker, loss_fn, steps=2):
+def _steps(model, forward_model, batch, weights, loss_fn, steps=2):
     """Two optimiser steps on ``batch``: per step (loss parts, grads), then the final state.
     SGD with momentum: its update is linear in the gradient, so equal gradients give equal
     weights to the same tolerance (Adam moves a parameter whose gradient is ~0 by ~lr in the
@@ -145,7 +145,7 @@ def _steps(model, forward_model, batch, w_gender, w_speaker, loss_fn, steps=2):
     for _ in range(steps):
         model.train()
         out = forward_model(batch["x"], batch["valid"])
-        loss, parts = loss_fn(out, batch, w_gender, w_speaker)
+        loss, parts = loss_fn(out, batch, weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         record.append((parts, {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}))
@@ -180,13 +180,13 @@ def _ddp_worker(rank: int, world: int, init: str, out: str) -> None:
         ddp.check_batch(31)
     except Exception as exc:  # noqa: BLE001 (the message is what is checked)
         results["indivisible"] = str(exc)
-    for case, (w_gender, w_speaker) in CASES.items():
+    for case, weights in CASES.items():
         batch = _batch(case)
         shard = {k: torch.tensor_split(v, world)[rank] for k, v in batch.items()}  # 6 and 5 segments
         model = ddp.sync_batchnorm(_model())
         # As sertrain.train decides (_unused_heads): label gaps or a head outside the loss.
         wrapped = ddp.wrap(model, find_unused_parameters=True)
-        record, state = _steps(model, wrapped, shard, w_gender, w_speaker, ddp.multitask_loss)
+        record, state = _steps(model, wrapped, shard, weights, ddp.multitask_loss)
         # Each rank's parts are its share of the global per-step means: sum them.
         totals = []
         for parts, _ in record:
@@ -232,9 +232,8 @@ def test_indivisible_batch_is_refused(ddp_steps):
 def test_one_ddp_step_equals_the_one_process_step_in_float64(ddp_steps, case):
     from sertrain.train import multitask_loss
 
-    w_gender, w_speaker = CASES[case]
     model = _model()
-    record, state = _steps(model, model, _batch(case), w_gender, w_speaker, multitask_loss)
+    record, state = _steps(model, model, _batch(case), CASES[case], multitask_loss)
     ours = ddp_steps[case]
     for step, ((parts, grads), totals, keys) in enumerate(zip(record, ours["totals"], ours["keys"])):
         assert keys == sorted(parts), (step, keys)  # the same loss terms, decided globally

@@ -138,8 +138,11 @@ def run_epochs(epoch_fn, fold_data, cfg, epochs=2, steps=4, loader_fn=None, nan_
     device = torch.device("cpu")
     precision = resolve_precision("off", device)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    w_g, w_s = cfg.loss.effective_weights()
-    stats = [epoch_fn(model, loader, sampler, e, optimizer, scaler, precision, device, w_g, w_s, cfg)
+    weights = cfg.loss.active_weights()
+    # The reference loop takes the two weights it knew; sertrain's loop the registry's dict.
+    loss_args = ((weights.get("gender", 0.0), weights.get("speaker", 0.0)) if epoch_fn is reference_epoch
+                 else (weights,))
+    stats = [epoch_fn(model, loader, sampler, e, optimizer, scaler, precision, device, *loss_args, cfg)
              for e in range(1, epochs + 1)]
     return stats, model, optimizer
 
@@ -253,10 +256,10 @@ def test_training_reads_nothing_back_per_step(fold_data, monkeypatch):
     reads = {}
     for steps in (2, 6):
         model, optimizer, sampler, loader = setup_run(fold_data, cfg, steps)
-        w_g, w_s = cfg.loss.effective_weights()
         with HostReads() as mode:
             _train_epoch(model, loader, sampler, 1, optimizer, torch.amp.GradScaler("cpu", enabled=False),
-                         resolve_precision("off", torch.device("cpu")), torch.device("cpu"), w_g, w_s, cfg)
+                         resolve_precision("off", torch.device("cpu")), torch.device("cpu"),
+                         cfg.loss.active_weights(), cfg)
         reads[steps] = dict(mode.sites)
     assert reads[2] == reads[6], reads
     assert sum(reads[6].values()) <= 3, reads
@@ -267,7 +270,7 @@ def test_training_reads_nothing_back_per_step(fold_data, monkeypatch):
              "speaker": torch.tensor([0, 1, 2, -1])}
     with HostReads() as mode:
         for _ in range(3):
-            train_mod.multitask_loss(out, batch, 0.3, 0.1)
+            train_mod.multitask_loss(out, batch, {"gender": 0.3, "speaker": 0.1})
     assert sum(mode.sites.values()) == 12, mode.sites
 
 
@@ -303,7 +306,8 @@ def test_nonfinite_loss_is_refused_naming_its_step(fold_data, monkeypatch, check
     model.register_forward_hook(poison)
     with pytest.raises(SertrainError, match=r"^training diverged at epoch 1, step 3 \(loss nan\); lower --lr$"):
         _train_epoch(model, loader, sampler, 1, optimizer, torch.amp.GradScaler("cpu", enabled=False),
-                     resolve_precision("off", torch.device("cpu")), torch.device("cpu"), 0.3, 0.1, cfg)
+                     resolve_precision("off", torch.device("cpu")), torch.device("cpu"),
+                     {"gender": 0.3, "speaker": 0.1}, cfg)
     assert calls["n"] == (3 if check_every == 1 else 4)
     if check_every == 1:
         assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from serprep.protocol import load_protocol, protocol_names
 from sertrain.cli import main
-from sertrain.config import apply_overrides
+from sertrain.config import apply_overrides, canonical_key
 from sertrain.protocols import deviation_text, deviations, protocol_config, run_config, seeds_for
 from sertrain_fixtures import learnable_store, store_base
 from store_fixtures import build
@@ -40,9 +40,9 @@ def test_every_protocol_resolves_to_a_valid_config(name):
     protocol = load_protocol(name)
     cfg = protocol_config(protocol)
     assert cfg.data.scheme == protocol.scheme and cfg.name == protocol.config
-    for key, value in protocol.run_set.items():
-        section, field = key.split(".")
-        assert getattr(getattr(cfg, section), field) == value
+    flat = cfg.flat()
+    for key, value in protocol.run_set.items():  # loss.w_gender (the old spelling) is loss.weights.gender
+        assert flat[canonical_key(key)] == value, key
     # Run exactly as stated: no deviation.
     assert deviations(protocol, cfg, list(protocol.seeds)) == []
 

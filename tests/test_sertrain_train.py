@@ -155,16 +155,16 @@ def test_multitask_loss_weights_and_ignored_labels():
     batch = {"emotion": torch.tensor([0, 1, 2, 3]), "gender": torch.tensor([0, 1, 0, 1]),
              "speaker": torch.tensor([0, -1, 2, -1])}
     ce = torch.nn.functional.cross_entropy
-    single, parts = multitask_loss(out, batch, 0.0, 0.0)
+    single, parts = multitask_loss(out, batch, {})
     assert single == pytest.approx(float(ce(out["emotion"], batch["emotion"])))
     assert set(parts) == {"emotion", "total"}
-    full, parts = multitask_loss(out, batch, 0.5, 0.25)
+    full, parts = multitask_loss(out, batch, {"gender": 0.5, "speaker": 0.25})
     expected = (ce(out["emotion"], batch["emotion"]) + 0.5 * ce(out["gender"], batch["gender"])
                 + 0.25 * ce(out["speaker"][[0, 2]], torch.tensor([0, 2])))
     assert float(full) == pytest.approx(float(expected))
     # A batch with no training speaker leaves the speaker term out instead of producing NaN.
     batch["speaker"] = torch.full((4,), -1)
-    loss, parts = multitask_loss(out, batch, 0.5, 0.25)
+    loss, parts = multitask_loss(out, batch, {"gender": 0.5, "speaker": 0.25})
     assert torch.isfinite(loss) and "speaker" not in parts
 
 

@@ -126,7 +126,7 @@ def test_resume_with_a_rebuilt_store_is_refused(store, rebuilt, run1, tmp_path):
 
 @pytest.mark.parametrize("change, key, old, new", [
     ({"aux": "none"}, "loss.aux", "'gender+speaker'", "'none'"),
-    ({"w_gender": "0.5"}, "loss.w_gender", "0.3", "0.5"),
+    ({"w_gender": "0.5"}, "loss.weights.gender", "0.3", "0.5"),
     ({"batch_size": "16"}, "train.batch_size", "32", "16"),
     ({"seed": "1"}, "train.seed", "0", "1"),
     ({"steps_per_epoch": "3"}, "train.steps_per_epoch", "2", "3"),

@@ -70,7 +70,7 @@ def test_demo_corpus_needs_positive_hours(tmp_path, hours):
     assert not (tmp_path / "c").exists()
 
 
-@pytest.mark.parametrize("option, key", [(("--lr", "nan"), "train.lr"), (("--w-gender", "nan"), "loss.w_gender"),
+@pytest.mark.parametrize("option, key", [(("--lr", "nan"), "train.lr"), (("--w-gender", "nan"), "loss.weights.gender"),
                                          (("--lr", "inf"), "train.lr"),
                                          (("--set", "train.weight_decay=nan"), "train.weight_decay")])
 def test_non_finite_config_values_are_refused_before_training(store, tmp_path, option, key):
