@@ -18,13 +18,14 @@ import torch
 from . import distributed
 from .checkpoint import store_content_id
 from .config import Config, apply_overrides
-from .data import fold_ids
+from .data import SegmentLabels, fold_ids
 from .errors import InputError
 from .evaluate import clean_json, write_reports
 from .report import comparison_table, cv_table, intervals_table
 from .results import COMPARISON_FORMAT, CV_FORMAT, N_RESAMPLES, cv_results
 from .parallel import RunSpec, run_parallel
-from .train import FoldResult, Logger, _StoreHandle, _quiet, train_fold
+from .tasks import parse_aux, regression_tasks
+from .train import FoldResult, Logger, _StoreHandle, _quiet, check_task_targets, train_fold
 
 
 @dataclass
@@ -105,6 +106,12 @@ def run_cv(
                     f"{handle.name}: fold {k} does not exist in scheme {cfg.data.scheme!r} "
                     f"(folds {min(available)}..{max(available)})"
                 )
+        # Every setting's tasks against the store's targets before the first run trains (an
+        # --aux grid would otherwise train its first settings before refusing a later one).
+        if any(regression_tasks(parse_aux(aux)) for aux in settings):
+            labels = SegmentLabels.from_reader(handle.reader)
+            for aux in settings:
+                check_task_targets(apply_overrides(cfg, {"loss.aux": aux}), labels, handle.name)
         context = {**(provenance or {}), "store": store_provenance(handle.reader, handle.name)}
         results: dict[str, list[FoldResult]] = {}
         stats: dict[str, dict[str, Any]] = {}

@@ -289,3 +289,27 @@ def test_training_with_vad_as_auxiliary_tasks(tmp_path_factory):
     pred = pd.read_csv(out / "predictions.csv")
     m = result.test["dimensions"]["arousal"]
     assert ccc(pred["arousal"], pred["pred_arousal"]) == pytest.approx(m["ccc"], abs=1e-4)  # CSV rounding
+
+
+def test_cli_refuses_vad_on_a_store_without_ratings_and_unknown_tasks(tmp_path_factory):
+    """One error line naming the store, nothing written; an unknown task name in --aux is a
+    usage error naming the registry's tasks; --help lists them."""
+    from click.testing import CliRunner
+
+    from sertrain.cli import main
+    from sertrain_fixtures import assert_one_line_error, learnable_store, store_base
+
+    path = learnable_store(store_base(tmp_path_factory), utts_per_speaker=4)
+    out = tmp_path_factory.mktemp("cli_vad")
+    fast = ["--epochs", "1", "--num-workers", "0", "--device", "cpu", "--config", "cpu-small"]
+    ran = CliRunner().invoke(main, ["train", str(path), "--fold", "1", "--out", str(out / "t"), "--aux",
+                                    "gender+speaker+vad", *fast])
+    assert_one_line_error(ran, 2, f"{path}: --aux gender+speaker+vad asks for arousal+valence+dominance but the "
+                                  "store has no dimensional ratings")
+    ran = CliRunner().invoke(main, ["cv", str(path), "--out", str(out / "c"), "--aux", "none,vad", *fast])
+    assert_one_line_error(ran, 2, f"{path}: --aux vad asks for")  # before the grid's none setting trains
+    assert not (out / "t").exists() and not (out / "c" / "none").exists()
+    ran = CliRunner().invoke(main, ["train", str(path), "--fold", "1", "--out", str(out / "u"), "--aux", "age", *fast])
+    assert ran.exit_code == 2 and "'age' is not a task (gender, speaker, arousal, valence, dominance, vad)" in ran.output
+    helptext = CliRunner().invoke(main, ["train", "--help"]).output
+    assert "gender+speaker+vad" in helptext and "--w-valence" in helptext
