@@ -54,24 +54,27 @@ def cv_table(results: dict[str, Any]) -> str:
     folds = results["per_fold"]
     summary = results["summary"]
     genders = sorted(k[3:] for k in summary if k.startswith("ua_") and isinstance(summary[k], dict))
+    dims = _dimension_columns(summary)
     several = summary["n_seeds"] > 1
     head = ["fold", "test speakers", "utts", *(["seeds"] if several else []),
-            *[c for c, _ in _METRICS], *[f"UA {g}" for g in genders], "best ep"]
+            *[c for c, _ in _METRICS], *[f"UA {g}" for g in genders], *[c for c, _ in dims], "best ep"]
     body = []
     for f in folds:
         body.append([
             str(f["fold"]), ",".join(f["test_speakers"]) or "-", str(f["n"]), *([str(f["runs"])] if several else []),
             *[pct_pm(f.get(k)) for _, k in _METRICS], *[pct_pm(f.get(f"ua_{g}")) for g in genders],
-            ",".join(str(e) for e in f["best_epochs"]),
+            *[num_pm(f.get(k)) for _, k in dims], ",".join(str(e) for e in f["best_epochs"]),
         ])
     pooled = summary["pooled"]
     body.append([
         "mean ± std", f"{summary['n_runs']} runs", str(pooled["n_utterances"]), *([""] if several else []),
-        *[pct_pm(summary.get(k)) for _, k in _METRICS], *[pct_pm(summary.get(f"ua_{g}")) for g in genders], "",
+        *[pct_pm(summary.get(k)) for _, k in _METRICS], *[pct_pm(summary.get(f"ua_{g}")) for g in genders],
+        *[num_pm(summary.get(k)) for _, k in dims], "",
     ])
     body.append([
         "pooled", "all folds", str(pooled["n_utterances"]), *([""] if several else []),
-        *[pct(pooled.get(k)) for _, k in _METRICS], *[pct(pooled.get(f"ua_{g}")) for g in genders], "",
+        *[pct(pooled.get(k)) for _, k in _METRICS], *[pct(pooled.get(f"ua_{g}")) for g in genders],
+        *["-" for _ in dims], "",
     ])
     notes = [
         results["summary_text"],
@@ -79,6 +82,9 @@ def cv_table(results: dict[str, Any]) -> str:
         + "mean ± std: over all runs; pooled: every test utterance at once"
         + (", averaged over seeds" if several else ""),
     ]
+    if dims:
+        notes.append("CCC, r, RMSE: of each run's rated test utterances (prediction: mean over the utterance's "
+                     "segments; ratings normalised to [0, 1] by the corpus' scale), mean ± sample std like UA")
     return render(head, body) + "\n" + "\n".join(notes)
 
 
@@ -97,6 +103,24 @@ def intervals_table(intervals: dict[str, Any], pooled: dict[str, Any] | None = N
     return render(head, body) + "\n" + note
 
 
+def _dimension_columns(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """(column title, summary key) of the rated dimensions' metrics in ``summary`` (auxiliary
+    vad runs; none otherwise): ``CCC arousal``, ``r arousal``, ``RMSE arousal``, ..."""
+    from .results import DIMENSION_METRICS
+    from .tasks import DIMENSIONS
+
+    titles = {"ccc": "CCC", "r": "r", "rmse": "RMSE"}
+    return [(f"{titles[m]} {d}", f"{m}_{d}") for d in DIMENSIONS for m in DIMENSION_METRICS
+            if isinstance(summary.get(f"{m}_{d}"), dict)]
+
+
+def num_pm(stats: dict[str, Any] | None) -> str:
+    """``0.512 ± 0.031`` (mean ± std of a CCC, r or RMSE in normalised units), ``-`` when empty."""
+    if not stats or stats.get("mean") is None:
+        return "-"
+    return f"{stats['mean']:.3f}" + (f" ± {stats['std']:.3f}" if stats.get("std") is not None else "")
+
+
 def comparison_table(settings: dict[str, dict[str, Any]], baseline: str | None = None) -> str:
     """One row per auxiliary-task setting: mean ± std over runs, and the paired difference in
     pooled UA to ``baseline`` with its 95 % bootstrap interval and permutation p-value.
@@ -107,13 +131,16 @@ def comparison_table(settings: dict[str, dict[str, Any]], baseline: str | None =
     all_genders = sorted({k[3:] for r in settings.values() for k in r["summary"]
                           if k.startswith("ua_") and isinstance(r["summary"][k], dict)})
     delta_head = f"Δ UA vs {baseline} [95 % CI]" if baseline else None
-    head = ["aux tasks", "runs", "UA", "WA", "F1", *[f"UA {g}" for g in all_genders],
+    # CCC of each rated dimension any setting trained (settings without it show "-").
+    ccc_cols = [(c, k) for c, k in dict.fromkeys(col for r in settings.values()
+                                                  for col in _dimension_columns(r["summary"])) if k.startswith("ccc_")]
+    head = ["aux tasks", "runs", "UA", "WA", "F1", *[f"UA {g}" for g in all_genders], *[c for c, _ in ccc_cols],
             *([delta_head, "p"] if delta_head else [])]
     body = []
     for name, res in settings.items():
         s = res["summary"]
         row = [name, str(s["n_runs"]), pct_pm(s["ua"]), pct_pm(s["wa"]), pct_pm(s["macro_f1"]),
-               *[pct_pm(s.get(f"ua_{g}")) for g in all_genders]]
+               *[pct_pm(s.get(f"ua_{g}")) for g in all_genders], *[num_pm(s.get(k)) for _, k in ccc_cols]]
         if delta_head:
             d = (res.get("delta_vs_baseline") or {}).get("ua")
             row += ["-", "-"] if d is None else [f"{signed_pct(d['delta'])} {interval_text(d)}", p_text(d["p_value"])]

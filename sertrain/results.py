@@ -50,12 +50,33 @@ def sample_mean_std(values: Sequence[float | None]) -> dict[str, float | None]:
     return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if arr.size > 1 else None, "n": int(arr.size)}
 
 
+#: Per-dimension summary metrics: summary-key prefix -> key in ``test["dimensions"][dim]``.
+DIMENSION_METRICS = {"ccc": "ccc", "r": "pearson_r", "rmse": "rmse"}
+
+
 def run_value(run: dict[str, Any], key: str) -> float | None:
-    """A run's test metric: ``wa``, ``ua``, ``macro_f1`` or ``ua_<gender>``."""
+    """A run's test metric: ``wa``, ``ua``, ``macro_f1``, ``ua_<gender>``, or of a rated
+    dimension ``ccc_<dim>``, ``r_<dim>``, ``rmse_<dim>``."""
     test = run["test"]
     if key.startswith("ua_"):
         return ((test.get("by_gender") or {}).get(key[3:]) or {}).get("ua")
+    prefix, _, dim = key.partition("_")
+    if prefix in DIMENSION_METRICS and dim:
+        return ((test.get("dimensions") or {}).get(dim) or {}).get(DIMENSION_METRICS[prefix])
     return test.get(key)
+
+
+def dimensions_of(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """Rated dimensions present in the runs' test metrics (auxiliary vad), in registry order."""
+    from .tasks import DIMENSIONS
+
+    names = {d for r in runs for d in (r["test"].get("dimensions") or {})}
+    return [d for d in DIMENSIONS if d in names]
+
+
+def dimension_keys(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """``ccc_<dim>``, ``r_<dim>``, ``rmse_<dim>`` for each rated dimension of the runs (none without)."""
+    return [f"{m}_{d}" for d in dimensions_of(runs) for m in DIMENSION_METRICS]
 
 
 def genders_of(runs: Sequence[dict[str, Any]]) -> list[str]:
@@ -68,7 +89,7 @@ def genders_of(runs: Sequence[dict[str, Any]]) -> list[str]:
 
 def per_fold(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per fold: test speakers, utterances, runs, mean ± std over seeds per metric."""
-    keys = [*SUMMARY_KEYS, *[f"ua_{g}" for g in genders_of(runs)]]
+    keys = [*SUMMARY_KEYS, *[f"ua_{g}" for g in genders_of(runs)], *dimension_keys(runs)]
     out = []
     for fold in sorted({r["fold"] for r in runs}):
         mine = sorted((r for r in runs if r["fold"] == fold), key=lambda r: r["seed"])
@@ -198,7 +219,7 @@ def summarize_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "n_seeds": len(seeds),
         "std": "sample std (ddof=1) over runs",
     }
-    for key in [*SUMMARY_KEYS, *[f"ua_{g}" for g in genders_of(runs)]]:
+    for key in [*SUMMARY_KEYS, *[f"ua_{g}" for g in genders_of(runs)], *dimension_keys(runs)]:
         out[key] = sample_mean_std([run_value(r, key) for r in runs])
     return out
 

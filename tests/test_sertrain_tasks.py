@@ -313,3 +313,41 @@ def test_cli_refuses_vad_on_a_store_without_ratings_and_unknown_tasks(tmp_path_f
     assert ran.exit_code == 2 and "'age' is not a task (gender, speaker, arousal, valence, dominance, vad)" in ran.output
     helptext = CliRunner().invoke(main, ["train", "--help"]).output
     assert "gender+speaker+vad" in helptext and "--w-valence" in helptext
+
+
+def test_aux_grid_with_vad_shows_ccc_in_the_cv_and_comparison_tables(tmp_path_factory):
+    """--aux none,gender+speaker+vad (part of the issue's ablation): the vad setting's cv table
+    and metrics.json carry CCC, r and RMSE per dimension (per fold and mean ± std), and the one
+    comparison table a CCC column per dimension ("-" for the setting without it)."""
+    import json
+
+    from sertrain.cv import run_cv
+    from sertrain.data import open_store
+    from sertrain_fixtures import learnable_store, store_base
+
+    path = learnable_store(store_base(tmp_path_factory), utts_per_speaker=4)
+    cfg = apply_overrides(load_config("cpu-small"), {
+        "train.num_workers": 0, "train.epochs": 1, "train.steps_per_epoch": 2, "train.batch_size": 8})
+    reader = open_store(path)
+    tables: list[str] = []
+    try:
+        n = len(reader.segments())
+        rng = np.random.default_rng(0)
+        rated = RatedReader(reader, {d: rng.uniform(1, 5, n) for d in DIMENSIONS}, {d: (1.0, 5.0) for d in DIMENSIONS})
+        out = tmp_path_factory.mktemp("grid")
+        run_cv(rated, cfg, out, folds=[1, 2], aux_settings=["none", "gender+speaker+vad"], device="cpu",
+               report=tables.append, html=False, n_resamples=1000)
+    finally:
+        reader.close()
+    vad = json.loads((out / "gender+speaker+vad" / "metrics.json").read_text())
+    for d in DIMENSIONS:
+        assert vad["summary"][f"ccc_{d}"]["n"] == 2 and -1 <= vad["summary"][f"ccc_{d}"]["mean"] <= 1
+        assert all(f"rmse_{d}" in fold for fold in vad["per_fold"])
+    none = json.loads((out / "none" / "metrics.json").read_text())
+    assert not any(k.startswith("ccc_") for k in none["summary"])
+    text = "\n".join(tables)
+    assert "CCC arousal" in text and "RMSE dominance" in text
+    comparison = (out / "comparison.md").read_text()
+    assert "CCC arousal" in comparison and "CCC valence" in comparison and "CCC dominance" in comparison
+    row = next(line for line in comparison.splitlines() if line.startswith("none "))
+    assert row.count(" - ") >= 3  # no CCC for the setting without dimensions
