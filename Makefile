@@ -30,7 +30,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch is pinned to the CPU wheel on this machine's disk; install it first, exactly.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
+	# egemaps: the tests build stores with --functionals egemaps (they never skip it).
+	$(BIN)/pip install --quiet -e '.[test,egemaps]'
 	touch $(STAMP)
 
 test: setup

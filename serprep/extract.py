@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from .features import FEATURE_CHANNELS, LogMelExtractor
 from .segments import segment_offsets, valid_frames
 from .checksum import frames_digest
 from .executor import exit_with_parent
+
+if TYPE_CHECKING:
+    from .functionals import FunctionalsExtractor
 
 
 @dataclass
@@ -104,7 +107,8 @@ _Decoded = tuple[dict[str, Any], Task, list[tuple[int, str, np.ndarray]]]
 
 
 def extract_block(tasks: list[Task], root: str, extract: LogMelExtractor, seg: SegmentConfig,
-                  augment: str | None, seed: int, worker_process: bool = False) -> dict[str, Any]:
+                  augment: str | None, seed: int, worker_process: bool = False,
+                  functionals: FunctionalsExtractor | None = None) -> dict[str, Any]:
     """Decode, augment, featurise and segment one block of utterances.
 
     Runs in a worker (thread or process) and does all per-item arithmetic here (features in
@@ -113,6 +117,9 @@ def extract_block(tasks: list[Task], root: str, extract: LogMelExtractor, seg: S
     entry per task (its items' metadata, or the error text for a bad file: never raises for
     one), and the frames of every item back to back in entry and item order
     (``[sum n_frames, 3, n_mels]``), which the writer appends to the store as one block.
+    With ``functionals``, each entry of an original utterance also holds ``functionals``
+    (float32 ``[n_features]`` of its decoded samples); one whose values are not finite is a
+    failed file (:func:`_add_functionals`).
     """
     if worker_process:
         prepare_worker_process()
@@ -142,6 +149,8 @@ def extract_block(tasks: list[Task], root: str, extract: LogMelExtractor, seg: S
         entry.update(sha256=audio.sha256, source_rate=audio.source_sample_rate,
                      duration=len(audio.samples) / cfg.sample_rate, warnings=audio.warnings)
         decoded.append((entry, task, signals))
+    if functionals is not None:
+        decoded = _add_functionals(decoded, functionals, cfg.sample_rate)
 
     # One feature pass over every signal of the block (see LogMelExtractor.frames_block).
     # Overflow (samples far outside [-1, 1]) is reported per file below, as a failed file:
@@ -165,6 +174,26 @@ def extract_block(tasks: list[Task], root: str, extract: LogMelExtractor, seg: S
                 entry["items"] = []
                 keep[entry_start:start] = False
     return {"entries": entries, "frames": frames if keep.all() else frames[keep]}
+
+
+def _add_functionals(decoded: list[_Decoded], functionals: FunctionalsExtractor, sample_rate: int) -> list[_Decoded]:
+    """Each decoded entry's functionals of its original samples (copy 0) as
+    ``entry["functionals"]``; an entry whose functionals fail or are not finite becomes a
+    failed file (its error set) and is left out of the returned list."""
+    kept = []
+    for entry, task, signals in decoded:
+        try:
+            values = functionals(signals[0][2], sample_rate)
+        except Exception as exc:
+            entry["error"] = f"{task.path}: {functionals.name} functionals failed: {type(exc).__name__}: {exc}"
+            continue
+        if not np.isfinite(values).all():
+            entry["error"] = (f"{task.path}: {functionals.name} functionals are not all finite "
+                              f"({len(signals[0][2]) / sample_rate:.3f} s of audio: too short for openSMILE?)")
+            continue
+        entry["functionals"] = values
+        kept.append((entry, task, signals))
+    return kept
 
 
 def _not_finite_message(path: str, copies: list[int]) -> str:

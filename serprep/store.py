@@ -36,6 +36,12 @@ Schema (``SCHEMA_VERSION`` = 2)::
                             norm_std ([3, n_mels]); attrs: train/validation/test speakers and
                             class counts (JSON), and ``label`` where a fold has a name (the
                             official partition it tests, e.g. "Test1")
+    /functionals/<set>/     only in stores built with ``--functionals <set>`` (``egemaps``: the 88
+                            eGeMAPS v02 functionals of openSMILE): utt (int64 [n]: manifest rows of
+                            the extracted utterances, ascending), values (float32 [n, n_features],
+                            all finite: row k = utterance utt[k], original audio only, never an
+                            augmented copy), names (str [n_features]: openSMILE's feature names);
+                            attrs: feature_set, feature_level (JSON strings)
 
 Genders are ``F`` and ``M`` (``/vocab/gender``); a corpus that does not know a speaker's gender
 (MSP-Podcast) writes ``U`` in the manifest and -1 in ``segments/gender``. Speakers a corpus does
@@ -108,6 +114,8 @@ GENDERS = ("F", "M")
 UNKNOWN_GENDER = "U"
 #: Prefix of the pseudo speaker that stands for utterances whose speaker the corpus does not know.
 UNKNOWN_SPEAKER_PREFIX = "unknown:"
+#: The datasets of a ``/functionals/<set>`` group.
+FUNCTIONALS_ARRAYS = ("utt", "values", "names")
 
 
 class ItemRow(NamedTuple):
@@ -245,6 +253,17 @@ class BuildRecord:
             "label_manifest": json.dumps(self.label_manifest, sort_keys=True),
             "corpus_fingerprint": self.corpus_fingerprint,
         }
+
+
+class Functionals(NamedTuple):
+    """One set of utterance functionals (``/functionals/<set>``), as
+    :meth:`StoreReader.functionals` returns it and :meth:`StoreWriter.write_functionals`
+    takes it: ``utt`` int64 ``[n]`` manifest rows, ``names`` the ``n_features`` feature names,
+    ``values`` float32 ``[n, n_features]`` (row k = utterance ``utt[k]``)."""
+
+    utt: np.ndarray
+    names: list[str]
+    values: np.ndarray
 
 
 def is_known_speaker(speaker: str) -> bool:
@@ -604,6 +623,23 @@ class StoreWriter:
             **({"label": json.dumps(fold.label)} if fold.label else {}),
         )
 
+    def write_functionals(self, name: str, functionals: Functionals, feature_set: str, feature_level: str) -> None:
+        """``/functionals/<name>``; refuses mismatched shapes or non-finite values (the build
+        records such an utterance as failed instead: :mod:`serprep.functionals`)."""
+        utt = np.asarray(functionals.utt, dtype=np.int64).reshape(-1)
+        values = np.asarray(functionals.values, dtype=np.float32)
+        names = list(functionals.names)
+        if values.shape != (len(utt), len(names)):
+            raise StoreError(f"functionals {name}: values of shape {values.shape} do not match "
+                             f"{len(utt)} utterances x {len(names)} names")
+        if not np.isfinite(values).all():
+            raise StoreError(f"functionals {name}: values are not all finite")
+        group = f"functionals/{name}"
+        self.write_array(f"{group}/utt", utt)
+        self.write_array(f"{group}/values", values)
+        self.write_array(f"{group}/names", _column_array(names) if names else np.zeros(0, dtype=_STR))
+        self.set_group_attrs(group, feature_set=json.dumps(feature_set), feature_level=json.dumps(feature_level))
+
     def _write_rows(self, group: str, columns: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
         """A string table from rows, empty columns included."""
         self.write_table(group, {name: np.array([r[k] for r in rows], dtype=object) for k, name in enumerate(columns)})
@@ -930,6 +966,24 @@ class StoreReader:
                     test_speakers=meta.get("test_speakers", []),
                     counts=meta.get("counts", {}),
                     label=str(meta.get("label", "")))
+
+    def functional_sets(self) -> list[str]:
+        """Names of the functionals sets the store holds (``serprep build --functionals``)."""
+        return sorted({name.split("/")[1] for name in self._checksums
+                       if name.startswith("functionals/") and name.endswith("/values") and name.count("/") == 2})
+
+    def functionals(self, name: str) -> Functionals:
+        """``(utt, names, values)`` of the functionals set ``name`` (checked against their
+        checksums); a one-line :class:`StoreError` when the store has none."""
+        if name not in self.functional_sets():
+            held = ", ".join(self.functional_sets())
+            raise StoreError(f"{self.path}: store has no {name!r} functionals "
+                             + (f"(it has {held})" if held else f"(build it with serprep build ... --functionals {name})"))
+        group = f"functionals/{name}"
+        with self._reopen() as f:
+            arrays = {key: self._verified(f, f"{group}/{key}") for key in FUNCTIONALS_ARRAYS}
+        return Functionals(utt=arrays["utt"].astype(np.int64), names=[str(v) for v in arrays["names"].tolist()],
+                           values=arrays["values"].astype(np.float32))
 
     # -- data -------------------------------------------------------------------------------
     def _features(self) -> h5py.Dataset:
