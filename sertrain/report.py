@@ -48,21 +48,22 @@ def run_table(rows: Sequence[dict[str, Any]]) -> str:
     return render(head, body)
 
 
-def cv_table(results: dict[str, Any]) -> str:
+def cv_table(results: dict[str, Any], selected_title: str = "best ep", selected: dict[int, str] | None = None) -> str:
     """Per-fold rows (mean ± sample std over seeds), the summary row over all runs and the
-    pooled row, then the sentence that says what the summary is."""
+    pooled row, then the sentence that says what the summary is. The last column is each
+    fold's selected epochs, or ``selected[fold]`` under ``selected_title`` (the baseline's C)."""
     folds = results["per_fold"]
     summary = results["summary"]
     genders = sorted(k[3:] for k in summary if k.startswith("ua_") and isinstance(summary[k], dict))
     several = summary["n_seeds"] > 1
     head = ["fold", "test speakers", "utts", *(["seeds"] if several else []),
-            *[c for c, _ in _METRICS], *[f"UA {g}" for g in genders], "best ep"]
+            *[c for c, _ in _METRICS], *[f"UA {g}" for g in genders], selected_title]
     body = []
     for f in folds:
         body.append([
             str(f["fold"]), ",".join(f["test_speakers"]) or "-", str(f["n"]), *([str(f["runs"])] if several else []),
             *[pct_pm(f.get(k)) for _, k in _METRICS], *[pct_pm(f.get(f"ua_{g}")) for g in genders],
-            ",".join(str(e) for e in f["best_epochs"]),
+            selected[f["fold"]] if selected is not None else ",".join(str(e) for e in f["best_epochs"]),
         ])
     pooled = summary["pooled"]
     body.append([
@@ -97,7 +98,8 @@ def intervals_table(intervals: dict[str, Any], pooled: dict[str, Any] | None = N
     return render(head, body) + "\n" + note
 
 
-def comparison_table(settings: dict[str, dict[str, Any]], baseline: str | None = None) -> str:
+def comparison_table(settings: dict[str, dict[str, Any]], baseline: str | None = None,
+                     name_title: str = "aux tasks") -> str:
     """One row per auxiliary-task setting: mean ± std over runs, and the paired difference in
     pooled UA to ``baseline`` with its 95 % bootstrap interval and permutation p-value.
 
@@ -107,7 +109,7 @@ def comparison_table(settings: dict[str, dict[str, Any]], baseline: str | None =
     all_genders = sorted({k[3:] for r in settings.values() for k in r["summary"]
                           if k.startswith("ua_") and isinstance(r["summary"][k], dict)})
     delta_head = f"Δ UA vs {baseline} [95 % CI]" if baseline else None
-    head = ["aux tasks", "runs", "UA", "WA", "F1", *[f"UA {g}" for g in all_genders],
+    head = [name_title, "runs", "UA", "WA", "F1", *[f"UA {g}" for g in all_genders],
             *([delta_head, "p"] if delta_head else [])]
     body = []
     for name, res in settings.items():

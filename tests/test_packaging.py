@@ -66,6 +66,7 @@ def test_installed_wheel_builds_a_store_outside_the_checkout(wheel, tmp_path):
           "--out", "p.h5", "--jobs", "1", "-q"], cwd=tmp_path)
     _run([str(bin_ / "serprep"), "build", "iemocap", "--root", "corpus", "--out", "f.h5", "--functionals", "egemaps",
           "--jobs", "1", "-q"], cwd=tmp_path)  # the egemaps extra brings a working openSMILE
+    _run([str(bin_ / "sertrain"), "baseline", "f.h5", "--out", "baseline", "--folds", "1"], cwd=tmp_path)
     info = _run([str(bin_ / "serprep"), "info", "aug.h5"], cwd=tmp_path)
     assert "augmentation  default" in info
     assert "iemocap-5531" in _run([str(bin_ / "serprep"), "info", "p.h5"], cwd=tmp_path)
