@@ -184,6 +184,8 @@ def _add_functionals(decoded: list[_Decoded], functionals: FunctionalsExtractor,
     for entry, task, signals in decoded:
         try:
             values = functionals(signals[0][2], sample_rate)
+        except ImportError:  # a worker without opensmile fails the build, not every utterance
+            raise
         except Exception as exc:
             entry["error"] = f"{task.path}: {functionals.name} functionals failed: {type(exc).__name__}: {exc}"
             continue

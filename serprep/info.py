@@ -72,6 +72,9 @@ def store_summary(path: str | Path) -> dict[str, Any]:
                 "counts": f.counts,
             })
         summary["folds"][scheme] = folds
+    sets = r.functional_sets()
+    if sets:  # only stores built with --functionals say so (the others' summary is unchanged)
+        summary["functionals"] = {name: len(r.functionals(name).names) for name in sets}
     return summary
 
 
@@ -105,6 +108,8 @@ def format_summary(s: dict[str, Any]) -> str:
         *([f"                {s['protocol_note']}"] if s.get("protocol_note") else []),
         f"  labels        {b.get('classes')} / subset {b.get('subset')} (label manifest v{b.get('label_manifest_version')})",
         f"  features      log-Mel {fc['n_mels']} x 3 channels, {fc['sample_rate']} Hz, win {fc['win_length']} hop {fc['hop_length']} n_fft {fc['n_fft']}, pre-emphasis {fc['preemphasis']}",
+        *([f"  functionals   " + ", ".join(f"{name} ({n} per extracted utterance)" for name, n in s["functionals"].items())
+           + f", opensmile {s['versions'].get('opensmile')}"] if s.get("functionals") else []),
         f"  segments      {s['segment_config']['frames']} frames, hop {s['segment_config']['hop']}"
         + (f"; class hops {b.get('hops')}" if b.get("balance") else ""),
         f"  augmentation  {b.get('augment') or 'none'}; balance {'on' if b.get('balance') else 'off'}; seed {b.get('seed')}",

@@ -22,6 +22,7 @@ from serprep.errors import SerprepError, StoreError
 from serprep.extract import Task, extract_block
 from serprep.features import LogMelExtractor
 from serprep.functionals import FunctionalsExtractor
+from serprep.info import format_summary, store_summary
 from serprep.journal import JournalError, journal_path
 from serprep.store import StoreReader, verify
 from store_fixtures import assert_same_store, build, store_content
@@ -71,6 +72,8 @@ def test_every_extracted_utterance_has_its_88_egemaps_functionals(stores, corpus
     assert reader.build["functionals"] == "egemaps"
     assert json.loads(reader.attrs["versions"])["opensmile"] == opensmile.__version__
     assert verify(stores["egemaps"]) == []
+    info = format_summary(store_summary(stores["egemaps"]))
+    assert f"  functionals   egemaps (88 per extracted utterance), opensmile {opensmile.__version__}" in info.splitlines()
 
 
 def test_augmented_copies_get_no_functionals(stores, corpus):
@@ -101,6 +104,7 @@ def test_a_build_without_the_flag_writes_what_it_always_did(stores):
         assert not any(k.startswith("functionals") for k in json.loads(f.attrs["checksums"]))
     reader = StoreReader(stores["plain"])
     assert reader.functional_sets() == []
+    assert "functionals" not in store_summary(stores["plain"])
     with pytest.raises(StoreError, match=r"plain\.h5: store has no 'egemaps' functionals \(build it with serprep "
                                          r"build \.\.\. --functionals egemaps\)$"):
         reader.functionals("egemaps")
