@@ -42,6 +42,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_open.py
 	$(BIN)/python benchmarks/bench_build_scale.py
+	$(BIN)/python benchmarks/bench_functionals.py
 
 train: setup
 ifeq ($(CORPUS),demo)
