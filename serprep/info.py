@@ -51,6 +51,7 @@ def store_summary(path: str | Path) -> dict[str, Any]:
             "dense": int(segs["dense"].sum()),
             "augmented": int((segs["copy"] > 0).sum()),
         },
+        "dimensions": _dimensions(r.dimension_scales(), segs),
         "frames": int(r.n_frames_total),
         "failures": r.failures().to_dict(orient="records"),
         "warnings": r.warnings().to_dict(orient="records"),
@@ -73,6 +74,28 @@ def store_summary(path: str | Path) -> dict[str, Any]:
             })
         summary["folds"][scheme] = folds
     return summary
+
+
+def _dimensions(scales: dict[str, tuple[float, float]], segs: Any) -> dict[str, Any]:
+    """Per rating column of the store: its scale and how many extracted utterances it rates."""
+    original = segs[(segs["copy"] == 0) & ~segs["dense"]]
+    out = {}
+    for name, (lo, hi) in scales.items():
+        per_utt = original.groupby("utt")[name].first()
+        out[name] = {"scale": [lo, hi], "rated": int(per_utt.notna().sum()), "missing": int(per_utt.isna().sum())}
+    return out
+
+
+def _dimensions_text(dims: dict[str, Any]) -> str:
+    """``arousal 1-5 (240 rated), valence 1-5 (238 rated, 2 missing)``, or ``none``."""
+    if not dims:
+        return "none in this store"
+    parts = []
+    for name, d in dims.items():
+        lo, hi = d["scale"]
+        missing = f", {d['missing']} missing" if d["missing"] else ""
+        parts.append(f"{name} {lo:g}-{hi:g} ({d['rated']} rated{missing})")
+    return ", ".join(parts) + " per utterance"
 
 
 def _corpus_info(corpus: str) -> dict[str, Any] | None:
@@ -113,6 +136,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"  speakers      {u['speakers']} in {u['sessions']} sessions; "
         + " / ".join(f"{g} {n}" for g, n in u["by_gender"].items()) + " utterances"
         + (f" ({UNKNOWN_GENDER} = gender unknown)" if UNKNOWN_GENDER in u["by_gender"] else ""),
+        f"  dimensions    {_dimensions_text(s['dimensions'])}",
         f"  segment rows  {seg['total']} ({seg['original']} original, {seg['dense']} dense-hop, {seg['augmented']} augmented); {s['frames']} frames",
     ]
     if s["failures"]:

@@ -4,14 +4,16 @@ This module is the single definition of the on-disk format; ``sertrain`` imports
 reads the file any other way. Everything is plain HDF5 (readable with h5py alone, no pickles)
 and nothing in it depends on where the file lives: copy it anywhere and it stays valid.
 
-Schema (``SCHEMA_VERSION`` = 2)::
+Schema (``SCHEMA_VERSION`` = 3; see "Schema versions" below for the stores of version 2)::
 
     /                       attrs: format="serprep-store", schema_version, corpus, created (UTC ISO),
                             versions (JSON), feature_config (JSON), segment_config (JSON),
                             build (JSON: classes, subset, label manifest version, augmentation,
                             balancing, seed), label_manifest (JSON), corpus_fingerprint,
-                            item_checksum (the per-item algorithm, "crc32"), checksums (JSON, see
-                            below), attrs_sha256 (SHA-256 over every other root attribute,
+                            item_checksum (the per-item algorithm, "crc32"), dimensions (JSON
+                            {"arousal": [low, high], ...}: the corpus' own scale of each rating
+                            column of /segments; {} for a corpus without ratings), checksums
+                            (JSON, see below), attrs_sha256 (SHA-256 over every other root attribute,
                             checksums included: the store's content id)
     /features               float32 [n_frames_total, 3, n_mels]: the frames of every item
                             (original utterance or augmented copy), items back to back; chunked
@@ -27,7 +29,10 @@ Schema (``SCHEMA_VERSION`` = 2)::
     /segments/              item, utt, copy, offset (frame within the item), valid (real frames;
                             the rest of the window is zero padding), dense (1 = extra window from
                             a minority class's denser hop: training only), emotion, gender,
-                            speaker (ids into /vocab/*; -1 = none)
+                            speaker (ids into /vocab/*; -1 = none), and float32 arousal, valence,
+                            dominance: those of the three the corpus rates (the root
+                            ``dimensions``), its utterance's rating on the corpus' scale (an
+                            augmented copy's segments carry their source's), NaN = not rated
     /vocab/{emotion,gender,speaker}   string labels of the ids
     /failures/{utt_id,path,error}     files that were skipped, and why
     /warnings/{utt_id,path,message}   things the build accepted but a user should know
@@ -43,6 +48,19 @@ not identify are pseudo speakers named ``unknown:<group>`` (MSP-Podcast: one per
 so folds stay speaker independent; generated folds never draw them as validation speakers
 (an official partition keeps them in its own part) and they are never speaker-task classes
 (:func:`is_known_speaker`).
+
+Dimensional ratings. IEMOCAP (rater means, 1-5), MSP-IMPROV (1-5, NaN where the file has
+none) and MSP-Podcast (1-7) rate arousal, valence and dominance; the build copies each
+utterance's manifest value to its segments unchanged (never rescaled, never imputed) and
+records the scale, so a consumer reads ratings per segment from :meth:`StoreReader.segments`
+and their scales from :meth:`StoreReader.dimension_scales` without the manifest. Other ratings
+(MSP-IMPROV's naturalness) stay manifest extras.
+
+Schema versions. A reader accepts :data:`READABLE_SCHEMA_VERSIONS`. Version 3 added the
+``dimensions`` attribute with the rating columns of ``/segments``; a version 2 store
+opens as a store without ratings (``dimension_scales()`` is empty, ``segments()`` has no rating
+columns), everything else unchanged. The bump makes a serprep that reads only version 2 refuse
+a version 3 store rather than miss what it cannot read.
 
 Strings are variable-length UTF-8. A segment's input is
 ``features[item.frame_start + offset : ... + valid]`` transposed to ``[3, valid, n_mels]`` and
@@ -85,7 +103,10 @@ from .features import FEATURE_CHANNELS
 from .output import GuardedFile, is_disk_full, publish, temp_path
 
 FORMAT = "serprep-store"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+#: Schema versions this code reads: 2 is 3 without dimensional ratings and feature kind (read
+#: as no ratings and 3-channel log-Mel, which is what every schema 2 store holds).
+READABLE_SCHEMA_VERSIONS = (2, 3)
 # 256 frames x 3 x 40 mels x 4 B = 120 KiB per chunk: a 300-frame segment touches 2-3 chunks.
 CHUNK_FRAMES = 256
 # Sized for the chunk layout: a minibatch of 64 segments touches up to ~190 chunks (23 MiB).
@@ -108,6 +129,10 @@ GENDERS = ("F", "M")
 UNKNOWN_GENDER = "U"
 #: Prefix of the pseudo speaker that stands for utterances whose speaker the corpus does not know.
 UNKNOWN_SPEAKER_PREFIX = "unknown:"
+#: Dimensional ratings a store can carry per segment (``/segments/<name>``, float32, NaN =
+#: not rated), in this order; a store holds those its corpus rates (the root ``dimensions``).
+DIMENSIONS = ("arousal", "valence", "dominance")
+DIMENSION_DTYPE = np.float32
 
 
 class ItemRow(NamedTuple):
@@ -145,7 +170,11 @@ WARNING_COLUMNS = WarningRow._fields
 @dataclass
 class SegmentTable:
     """The segment table (row i = segment i) as :meth:`StoreReader.segments` returns it; the
-    columns are cast to their on-disk dtypes (:data:`SEGMENT_DTYPES`) and must be equally long."""
+    columns are cast to their on-disk dtypes (:data:`SEGMENT_DTYPES`) and must be equally long.
+
+    ``dimensions``: the corpus' dimensional ratings of each segment's utterance (a name of
+    :data:`DIMENSIONS` -> float32 values, NaN = not rated); empty for a corpus without them.
+    """
 
     item: np.ndarray
     utt: np.ndarray
@@ -156,11 +185,18 @@ class SegmentTable:
     emotion: np.ndarray
     gender: np.ndarray
     speaker: np.ndarray
+    dimensions: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, dtype in SEGMENT_DTYPES.items():
             setattr(self, name, np.asarray(getattr(self, name), dtype=dtype).reshape(-1))
-        lengths = {len(getattr(self, name)) for name in SEGMENT_COLUMNS}
+        unknown = sorted(set(self.dimensions) - set(DIMENSIONS))
+        if unknown:
+            raise StoreError(f"segment table: unknown dimension {unknown[0]!r}; known: {', '.join(DIMENSIONS)}")
+        # In DIMENSIONS order, whatever order they came in: the table's columns are canonical.
+        self.dimensions = {name: np.asarray(self.dimensions[name], dtype=DIMENSION_DTYPE).reshape(-1)
+                           for name in DIMENSIONS if name in self.dimensions}
+        lengths = {len(v) for v in self.columns().values()}
         if len(lengths) > 1:
             raise StoreError(f"segment table columns differ in length ({sorted(lengths)})")
 
@@ -168,15 +204,21 @@ class SegmentTable:
         return len(self.item)
 
     def columns(self) -> dict[str, np.ndarray]:
-        """Column name -> array, in :data:`SEGMENT_COLUMNS` order."""
-        return {name: getattr(self, name) for name in SEGMENT_COLUMNS}
+        """Column name -> array: :data:`SEGMENT_COLUMNS`, then the dimensions it has."""
+        return {**{name: getattr(self, name) for name in SEGMENT_COLUMNS}, **self.dimensions}
 
     @classmethod
     def concat(cls, parts: Sequence["SegmentTable"]) -> "SegmentTable":
-        """The rows of ``parts`` one after the other (an empty table for no parts)."""
+        """The rows of ``parts`` one after the other (an empty table for no parts); the parts
+        must carry the same dimensions."""
         if not parts:
             return cls(**{name: np.zeros(0, dtype) for name, dtype in SEGMENT_DTYPES.items()})
-        return cls(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in SEGMENT_COLUMNS})
+        dims = [list(p.dimensions) for p in parts]
+        if any(d != dims[0] for d in dims):
+            raise StoreError(f"segment tables to join carry different dimensions ({dims[0]} and "
+                             f"{next(d for d in dims if d != dims[0])})")
+        return cls(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in SEGMENT_COLUMNS},
+                   dimensions={d: np.concatenate([p.dimensions[d] for p in parts]) for d in dims[0]})
 
 
 @dataclass
@@ -559,9 +601,19 @@ class StoreWriter:
             ds.attrs[key] = value
         self._check_sink()
 
-    def write_segments(self, segments: SegmentTable) -> None:
-        """``/segments``: the segment table, in its on-disk dtypes."""
+    def write_segments(self, segments: SegmentTable, dimension_scales: dict[str, tuple[float, float]] | None = None) -> None:
+        """``/segments``: the segment table, in its on-disk dtypes, and the root attribute
+        ``dimensions``: the scale ``(low, high)`` of each rating column the table carries (the
+        corpus' own; the two must name the same dimensions)."""
+        scales = dict(dimension_scales or {})
+        if set(scales) != set(segments.dimensions):
+            raise StoreError(f"dimension scales given for {sorted(scales)} but the segment table carries "
+                             f"{sorted(segments.dimensions)}")
+        for name, scale in scales.items():
+            _check_scale(name, scale)
         self.write_table("segments", segments.columns())
+        self.set_attrs(dimensions=json.dumps({name: [float(lo), float(hi)] for name, (lo, hi) in scales.items()},
+                                             sort_keys=True))
 
     def write_manifest(self, manifest: Manifest) -> None:
         """``/manifest``: one dataset per column, written one column at a time."""
@@ -664,6 +716,17 @@ class StoreWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self._done:
             self.abort()
+
+
+def _check_scale(name: str, scale: Any) -> tuple[float, float]:
+    """``(low, high)`` of a dimension's rating scale: two finite numbers, low < high."""
+    try:
+        lo, hi = (float(v) for v in scale)
+    except (TypeError, ValueError):
+        raise StoreError(f"dimension {name!r}: scale {scale!r} is not a pair of numbers (low, high)") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise StoreError(f"dimension {name!r}: scale {scale!r} needs finite low < high")
+    return lo, hi
 
 
 def _column_array(values: Iterable[Any]) -> np.ndarray:
@@ -769,10 +832,47 @@ class StoreReader:
         self._vocab = {name.split("/", 1)[1]: [str(v) for v in value.tolist()]
                        for name, value in kept.items() if name.startswith("vocab/")}
         self._segments = {k: kept[f"segments/{k}"] for k in SEGMENT_COLUMNS}
+        self._scales = self._read_dimension_scales()
+        self._dimensions = self._dimension_columns(kept)
         self._item_start = kept["items/frame_start"]
         self._schemes = _fold_ids_from(self._checksums)
         self._seg_start = self._item_start[self._segments["item"]] + self._segments["offset"]
         self._seg_valid = self._segments["valid"].astype(np.int64)
+
+    def _read_dimension_scales(self) -> dict[str, tuple[float, float]]:
+        """The root ``dimensions`` attribute (absent in schema 2: no ratings), checked."""
+        text = self.attrs.get("dimensions")
+        if text is None:
+            return {}
+        try:
+            raw = json.loads(text)
+            if not isinstance(raw, dict):
+                raise ValueError("not a JSON object")
+            unknown = sorted(set(raw) - set(DIMENSIONS))
+            if unknown:
+                raise ValueError(f"unknown dimension {unknown[0]!r}")
+            return {name: _check_scale(name, raw[name]) for name in DIMENSIONS if name in raw}
+        except (ValueError, TypeError, StoreError) as exc:
+            raise StoreError(f"{self.path}: unreadable dimensions attribute ({_short(exc)})") from None
+
+    def _dimension_columns(self, kept: dict[str, Any]) -> dict[str, np.ndarray]:
+        """``/segments/<dimension>`` of each dimension the store has a scale for (and only those:
+        a rating column without its scale cannot be read correctly, so it is refused)."""
+        n = len(self._segments["item"])
+        for name in DIMENSIONS:
+            if f"segments/{name}" in kept and name not in self._scales:
+                raise StoreError(f"{self.path}: damaged store: /segments/{name} has no scale in the dimensions attribute")
+        out = {}
+        for name in self._scales:
+            column = kept.get(f"segments/{name}")
+            if column is None:
+                raise StoreError(f"{self.path}: damaged store: the dimensions attribute names {name} "
+                                 f"but /segments/{name} is missing")
+            if column.dtype != DIMENSION_DTYPE or column.shape != (n,):
+                raise StoreError(f"{self.path}: damaged store: /segments/{name} is {column.dtype} {list(column.shape)}, "
+                                 f"expected float32 [{n}]")
+            out[name] = column
+        return out
 
     # -- identity ---------------------------------------------------------------------------
     def _stat(self) -> FileIdentity:
@@ -871,12 +971,20 @@ class StoreReader:
         return pd.DataFrame({c: cols[c] for c in order})
 
     def segments(self) -> "pd.DataFrame":
-        """The segment table (row i = segment index i)."""
+        """The segment table (row i = segment index i): :data:`SEGMENT_COLUMNS`, then a float32
+        column per dimensional rating the store has (:meth:`dimension_scales`; NaN = the
+        utterance has no rating; an augmented copy's segments carry its source's ratings)."""
         import pandas as pd
 
-        df = pd.DataFrame({k: v for k, v in self._segments.items()})
+        df = pd.DataFrame({**self._segments, **self._dimensions})
         df["dense"] = df["dense"].astype(bool)
         return df
+
+    def dimension_scales(self) -> dict[str, tuple[float, float]]:
+        """``{dimension: (low, high)}``: the corpus' own scale of each rating column of
+        :meth:`segments`, in :data:`DIMENSIONS` order; empty for a corpus without dimensional
+        ratings and for schema 2 stores."""
+        return dict(self._scales)
 
     def items(self) -> "pd.DataFrame":
         return self._table("items", ITEM_COLUMNS)
@@ -1048,9 +1156,10 @@ def _open_store(path: Path) -> Iterator[h5py.File]:
             raise StoreError(f"{path}: damaged store: unreadable root attributes ({_short(exc)})") from None
         if fmt != FORMAT:
             raise StoreError(f"{path}: not a serprep store (format attribute is {fmt!r})")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_SCHEMA_VERSIONS:
             raise StoreError(
-                f"{path}: store schema version {version}, this serprep reads version {SCHEMA_VERSION} "
+                f"{path}: store schema version {version}, this serprep reads versions "
+                f"{' and '.join(map(str, READABLE_SCHEMA_VERSIONS))} "
                 f"(version 2 added checksums over every attribute); rebuild the store with this serprep ({__version__})"
             )
         try:

@@ -185,3 +185,59 @@ def test_typed_tables_read_back_as_the_reader_returns_them(tmp_path):
     with pytest.raises(StoreError, match=r"segment table columns differ in length \(\[1, 2\]\)"):
         SegmentTable(item=[0, 1], utt=[0], copy=[0], offset=[0], valid=[5], dense=[0], emotion=[0], gender=[0],
                      speaker=[0])
+
+
+def _one_segment(**dimensions) -> SegmentTable:
+    return SegmentTable(item=[0, 0], utt=[0, 0], copy=[0, 0], offset=[0, 2], valid=[3, 3], dense=[0, 0], emotion=[0, 0],
+                        gender=[0, 0], speaker=[0, 0], dimensions=dimensions)
+
+
+def _readable_store(path, segments: SegmentTable, scales, **root_attrs) -> None:
+    """A store StoreReader opens: one 5-frame item, ``segments`` and a build record."""
+    from serprep.config import SegmentConfig
+    from serprep.store import BuildRecord
+
+    writer = StoreWriter(path, FeatureConfig())
+    writer.add_frames(0, 0, np.ones((5, 3, 40), np.float32))
+    writer.write_table("manifest", {"utt_id": ["u0"]})
+    writer.write_vocab(["ang"], ["s"])
+    writer.write_segments(segments, scales)
+    writer.write_record(BuildRecord(corpus="c", created="2026-01-01T00:00:00+00:00", versions={}, segment_config=SegmentConfig(),
+                                    build={}, label_manifest={}, corpus_fingerprint="f" * 64))
+    writer.set_attrs(**root_attrs)
+    writer.finalize()
+
+
+def test_rating_columns_and_their_scales_read_back(tmp_path):
+    """Rating columns come back float32, NaN kept, in DIMENSIONS order, with their scales."""
+    _readable_store(tmp_path / "s.h5", _one_segment(valence=[2.5, 2.5], arousal=[np.nan, np.nan]),
+                    {"valence": (1, 7), "arousal": (1, 7)})
+    r = StoreReader(tmp_path / "s.h5")
+    assert r.dimension_scales() == {"arousal": (1.0, 7.0), "valence": (1.0, 7.0)}
+    segs = r.segments()
+    assert list(segs.columns)[-2:] == ["arousal", "valence"] and segs.valence.dtype == np.float32
+    assert segs.valence.tolist() == [2.5, 2.5] and segs.arousal.isna().all()
+    assert verify(tmp_path / "s.h5") == []
+
+
+def test_rating_columns_need_their_scales_and_known_names(tmp_path):
+    writer = StoreWriter(tmp_path / "s.h5", FeatureConfig())
+    with pytest.raises(StoreError, match=r"scales given for \[\] but the segment table carries \['arousal'\]"):
+        writer.write_segments(_one_segment(arousal=[3.0, 3.0]))
+    with pytest.raises(StoreError, match=r"dimension 'arousal': scale \(5, 1\) needs finite low < high"):
+        writer.write_segments(_one_segment(arousal=[3.0, 3.0]), {"arousal": (5, 1)})
+    writer.abort()
+    with pytest.raises(StoreError, match="unknown dimension 'naturalness'"):
+        _one_segment(naturalness=[3.0, 3.0])
+    with pytest.raises(StoreError, match="carry different dimensions"):
+        SegmentTable.concat([_one_segment(arousal=[1, 2]), _one_segment()])
+    joined = SegmentTable.concat([_one_segment(arousal=[1, 2]), _one_segment(arousal=[3, np.nan])])
+    assert np.array_equal(joined.dimensions["arousal"], [1, 2, 3, np.nan], equal_nan=True)
+
+
+def test_a_rating_column_without_its_scale_is_refused(tmp_path):
+    """A store whose /segments holds a rating column the dimensions attribute does not scale
+    (checksums recomputed: not damage the table can see) is refused, not read unscaled."""
+    _readable_store(tmp_path / "s.h5", _one_segment(arousal=[3.0, 3.0]), {"arousal": (1, 5)}, dimensions="{}")
+    with pytest.raises(StoreError, match="/segments/arousal has no scale in the dimensions attribute"):
+        StoreReader(tmp_path / "s.h5")
