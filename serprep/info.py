@@ -30,6 +30,8 @@ def store_summary(path: str | Path) -> dict[str, Any]:
         "created": r.attrs.get("created"),
         "corpus_fingerprint": r.fingerprint,
         "versions": json.loads(r.attrs.get("versions", "{}")),
+        "feature_kind": r.feature_kind,
+        "feature_channels": list(r.feature_channels),
         "feature_config": r.feature_config.to_dict(),
         "segment_config": r.segment_config.to_dict(),
         "build": {k: v for k, v in build.items() if k != "augment"} | {
@@ -127,7 +129,8 @@ def format_summary(s: dict[str, Any]) -> str:
         f"  protocol      {_protocol_text(b.get('protocol'))}",
         *([f"                {s['protocol_note']}"] if s.get("protocol_note") else []),
         f"  labels        {b.get('classes')} / subset {b.get('subset')} (label manifest v{b.get('label_manifest_version')})",
-        f"  features      log-Mel {fc['n_mels']} x 3 channels, {fc['sample_rate']} Hz, win {fc['win_length']} hop {fc['hop_length']} n_fft {fc['n_fft']}, pre-emphasis {fc['preemphasis']}",
+        f"  features      {s['feature_kind']} {fc['n_mels']} x {len(s['feature_channels'])} channels "
+        f"({', '.join(s['feature_channels'])}), {fc['sample_rate']} Hz, win {fc['win_length']} hop {fc['hop_length']} n_fft {fc['n_fft']}, pre-emphasis {fc['preemphasis']}",
         f"  segments      {s['segment_config']['frames']} frames, hop {s['segment_config']['hop']}"
         + (f"; class hops {b.get('hops')}" if b.get("balance") else ""),
         f"  augmentation  {b.get('augment') or 'none'}; balance {'on' if b.get('balance') else 'off'}; seed {b.get('seed')}",

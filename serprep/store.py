@@ -7,7 +7,10 @@ and nothing in it depends on where the file lives: copy it anywhere and it stays
 Schema (``SCHEMA_VERSION`` = 3; see "Schema versions" below for the stores of version 2)::
 
     /                       attrs: format="serprep-store", schema_version, corpus, created (UTC ISO),
-                            versions (JSON), feature_config (JSON), segment_config (JSON),
+                            versions (JSON), feature_kind (what the frames are: a kind of
+                            serprep.features.FEATURE_KINDS, "logmel"), feature_channels (JSON
+                            list of its channel names: ["static", "delta", "delta-delta"]),
+                            feature_config (JSON), segment_config (JSON),
                             build (JSON: classes, subset, label manifest version, augmentation,
                             balancing, seed), label_manifest (JSON), corpus_fingerprint,
                             item_checksum (the per-item algorithm, "crc32"), dimensions (JSON
@@ -15,7 +18,8 @@ Schema (``SCHEMA_VERSION`` = 3; see "Schema versions" below for the stores of ve
                             column of /segments; {} for a corpus without ratings), checksums
                             (JSON, see below), attrs_sha256 (SHA-256 over every other root attribute,
                             checksums included: the store's content id)
-    /features               float32 [n_frames_total, 3, n_mels]: the frames of every item
+    /features               float32 [n_frames_total, C, n_mels] (C = len(feature_channels), 3 for
+                            log-Mel): the frames of every item
                             (original utterance or augmented copy), items back to back; chunked
                             along frames, uncompressed (compression barely shrinks log-Mel and
                             slows random reads)
@@ -38,7 +42,7 @@ Schema (``SCHEMA_VERSION`` = 3; see "Schema versions" below for the stores of ve
     /warnings/{utt_id,path,message}   things the build accepted but a user should know
     /folds/<scheme>/<k>/    train_utts, validation_utts, test_utts, train_segments,
                             validation_segments, test_segments, balanced_index, norm_mean,
-                            norm_std ([3, n_mels]); attrs: train/validation/test speakers and
+                            norm_std ([C, n_mels]); attrs: train/validation/test speakers and
                             class counts (JSON), and ``label`` where a fold has a name (the
                             official partition it tests, e.g. "Test1")
 
@@ -57,13 +61,16 @@ and their scales from :meth:`StoreReader.dimension_scales` without the manifest.
 (MSP-IMPROV's naturalness) stay manifest extras.
 
 Schema versions. A reader accepts :data:`READABLE_SCHEMA_VERSIONS`. Version 3 added the
-``dimensions`` attribute with the rating columns of ``/segments``; a version 2 store
-opens as a store without ratings (``dimension_scales()`` is empty, ``segments()`` has no rating
-columns), everything else unchanged. The bump makes a serprep that reads only version 2 refuse
-a version 3 store rather than miss what it cannot read.
+``dimensions`` attribute with the rating columns of ``/segments``, and ``feature_kind`` and
+``feature_channels``; a version 2 store opens as a store without ratings
+(``dimension_scales()`` is empty, ``segments()`` has no rating columns) whose frames are
+3-channel log-Mel (all a version 2 store can hold), everything else unchanged. A store whose
+kind this serprep does not register, or whose channels are not that kind's, is refused. The
+bump makes a serprep that reads only version 2 refuse a version 3 store rather than miss what
+it cannot read (a store of another kind read as log-Mel would be a silent wrong result).
 
 Strings are variable-length UTF-8. A segment's input is
-``features[item.frame_start + offset : ... + valid]`` transposed to ``[3, valid, n_mels]`` and
+``features[item.frame_start + offset : ... + valid]`` transposed to ``[C, valid, n_mels]`` and
 zero-padded to ``segment_config.frames``.
 
 Integrity. ``checksums`` maps every dataset (``"segments/emotion"``) to the SHA-256 of its
@@ -98,8 +105,8 @@ if TYPE_CHECKING:  # pandas is imported on first use: the build's writer never n
 
 from . import __version__
 from .checksum import ITEM_CHECKSUM, combine_item_digests, frames_digest
-from .errors import StoreError
-from .features import FEATURE_CHANNELS
+from .errors import SerprepError, StoreError
+from .features import DEFAULT_FEATURE_KIND, FeatureKind, feature_kind
 from .output import GuardedFile, is_disk_full, publish, temp_path
 
 FORMAT = "serprep-store"
@@ -107,6 +114,9 @@ SCHEMA_VERSION = 3
 #: Schema versions this code reads: 2 is 3 without dimensional ratings and feature kind (read
 #: as no ratings and 3-channel log-Mel, which is what every schema 2 store holds).
 READABLE_SCHEMA_VERSIONS = (2, 3)
+#: What the frames of a store without ``feature_kind`` (schema 2) are, whatever the default
+#: kind of later builds.
+UNSTATED_FEATURE_KIND = "logmel"
 # 256 frames x 3 x 40 mels x 4 B = 120 KiB per chunk: a 300-frame segment touches 2-3 chunks.
 CHUNK_FRAMES = 256
 # Sized for the chunk layout: a minibatch of 64 segments touches up to ~190 chunks (23 MiB).
@@ -509,8 +519,10 @@ class StoreWriter:
     and :meth:`write_record` a :class:`BuildRecord`; no caller lists a column.
     """
 
-    def __init__(self, path: str | Path, feature_config: FeatureConfig, *, overwrite: bool = False) -> None:
+    def __init__(self, path: str | Path, feature_config: FeatureConfig, *, overwrite: bool = False,
+                 kind: str = DEFAULT_FEATURE_KIND) -> None:
         self.path = Path(path)
+        self.kind: FeatureKind = feature_kind(kind)
         if self.path.exists() and not overwrite:
             raise StoreError(f"{self.path}: already exists (use --overwrite to replace it)")
         if not self.path.parent.is_dir():
@@ -522,7 +534,7 @@ class StoreWriter:
         self._done = False
         try:
             self._file = h5py.File(self._sink, "w", libver=("v110", "latest"))
-            frame_shape = (FEATURE_CHANNELS, feature_config.n_mels)
+            frame_shape = (len(self.kind.channels), feature_config.n_mels)
             self._features = self._file.create_dataset(
                 "features", shape=(0, *frame_shape), maxshape=(None, *frame_shape), dtype=np.float32,
                 chunks=(CHUNK_FRAMES, *frame_shape),
@@ -555,8 +567,10 @@ class StoreWriter:
         caller's array: the extraction workers hand over whole blocks, so the writer never
         copies frames itself.
         """
-        if frames.ndim != 3 or frames.shape[1] != FEATURE_CHANNELS or frames.shape[2] != self.cfg.n_mels:
-            raise StoreError(f"frame array of shape {frames.shape} does not match [T, 3, {self.cfg.n_mels}]")
+        channels = len(self.kind.channels)
+        if frames.ndim != 3 or frames.shape[1] != channels or frames.shape[2] != self.cfg.n_mels:
+            raise StoreError(f"frame array of shape {frames.shape} does not match [T, {channels}, {self.cfg.n_mels}] "
+                             f"({self.kind.name} frames)")
         if sum(item[2] for item in items) != frames.shape[0]:
             raise StoreError(f"items hold {sum(item[2] for item in items)} frames but the block has {frames.shape[0]}")
         frames = np.ascontiguousarray(frames, dtype=np.float32)
@@ -678,6 +692,8 @@ class StoreWriter:
             f.attrs["format"] = FORMAT
             f.attrs["schema_version"] = SCHEMA_VERSION
             f.attrs["feature_config"] = self.cfg.to_json()
+            f.attrs["feature_kind"] = self.kind.name
+            f.attrs["feature_channels"] = json.dumps(list(self.kind.channels))
             f.attrs["item_checksum"] = ITEM_CHECKSUM
             datasets, attr_sets = _contents(f)
             checksums = {name: self._digests.get(name) or dataset_digest(f[name])
@@ -821,6 +837,7 @@ class StoreReader:
             self.attrs = {k: _plain(v) for k, v in f.attrs.items()}
             self._checksums: dict[str, str] = json.loads(self.attrs["checksums"])
             self.n_frames_total = f["features"].shape[0]
+            stored_channels = f["features"].shape[1] if f["features"].ndim == 3 else -1
         if self._stat() != identity:
             raise StoreError(f"{self.path}: the store changed while it was being checked; try again")
         self.identity = identity
@@ -829,6 +846,7 @@ class StoreReader:
             self.segment_config = SegmentConfig.from_dict(json.loads(self.attrs["segment_config"]))
         except (KeyError, ValueError, TypeError) as exc:
             raise StoreError(f"{self.path}: unreadable feature or segment configuration ({_short(exc)})") from None
+        self.feature_kind, self.feature_channels = self._read_feature_kind(stored_channels)
         self._vocab = {name.split("/", 1)[1]: [str(v) for v in value.tolist()]
                        for name, value in kept.items() if name.startswith("vocab/")}
         self._segments = {k: kept[f"segments/{k}"] for k in SEGMENT_COLUMNS}
@@ -838,6 +856,34 @@ class StoreReader:
         self._schemes = _fold_ids_from(self._checksums)
         self._seg_start = self._item_start[self._segments["item"]] + self._segments["offset"]
         self._seg_valid = self._segments["valid"].astype(np.int64)
+
+    def _read_feature_kind(self, stored: int) -> tuple[str, tuple[str, ...]]:
+        """``(kind, channel names)`` of the frames: the root ``feature_kind`` and
+        ``feature_channels`` (a schema 2 store has neither: log-Mel, 3 channels, all it could
+        hold). A kind this serprep does not know, or channels other than the kind's, are refused:
+        reading them as another kind would be a silent wrong result."""
+        name = str(self.attrs.get("feature_kind", UNSTATED_FEATURE_KIND))
+        try:
+            kind = feature_kind(name)
+        except SerprepError as exc:
+            raise StoreError(f"{self.path}: store features are of kind {name!r}: {str(exc).split('; ', 1)[-1]}; "
+                             "read it with a serprep that knows that kind") from None
+        try:
+            channels = tuple(json.loads(self.attrs["feature_channels"])) if "feature_channels" in self.attrs else kind.channels
+        except (ValueError, TypeError) as exc:
+            raise StoreError(f"{self.path}: unreadable feature_channels attribute ({_short(exc)})") from None
+        if channels != kind.channels:
+            raise StoreError(f"{self.path}: store {name} frames have channels {list(channels)}, this serprep's {name} "
+                             f"has {list(kind.channels)}")
+        if stored != len(channels):
+            raise StoreError(f"{self.path}: damaged store: /features holds {stored} channels per frame, "
+                             f"{name} has {len(channels)}")
+        return name, channels
+
+    @property
+    def n_channels(self) -> int:
+        """Channels per frame (:attr:`feature_channels`): the ``C`` of :meth:`read_segments`."""
+        return len(self.feature_channels)
 
     def _read_dimension_scales(self) -> dict[str, tuple[float, float]]:
         """The root ``dimensions`` attribute (absent in schema 2: no ratings), checked."""
@@ -1054,7 +1100,8 @@ class StoreReader:
         return self._handle["features"]
 
     def read_segments(self, indices: Iterable[int] | np.ndarray, max_gap: int = 64) -> tuple[np.ndarray, np.ndarray]:
-        """Segments ``indices`` as ``(x [B, 3, frames, n_mels] float32, valid [B] int64)``.
+        """Segments ``indices`` as ``(x [B, C, frames, n_mels] float32, valid [B] int64)``
+        (``C`` = :attr:`n_channels`, 3 for log-Mel).
 
         Output order follows ``indices``. Reads go in ascending file order, and segments whose
         frame ranges overlap or lie within ``max_gap`` frames are served by one contiguous
@@ -1066,7 +1113,7 @@ class StoreReader:
             raise StoreError(f"{self.path}: segment index out of range 0..{self.n_segments - 1}")
         self.check_identity()
         frames, n_mels = self.segment_config.frames, self.feature_config.n_mels
-        out = np.zeros((idx.size, FEATURE_CHANNELS, frames, n_mels), dtype=np.float32)
+        out = np.zeros((idx.size, self.n_channels, frames, n_mels), dtype=np.float32)
         valid = self._seg_valid[idx]
         starts = self._seg_start[idx]
         ends = starts + valid

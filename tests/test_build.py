@@ -372,3 +372,46 @@ def test_info_shows_the_ratings_and_their_scale(iemocap_store):
     assert s["dimensions"]["arousal"]["scale"] == [1.0, 5.0]
     assert s["dimensions"]["arousal"]["rated"] == s["utterances"]["extracted"]
     assert "  dimensions    arousal 1-5 (" in format_summary(s)
+    assert "  features      logmel 40 x 3 channels (static, delta, delta-delta), 16000 Hz" in format_summary(s)
+
+
+# --------------------------------------------------------------------------------------------
+# Feature kind
+# --------------------------------------------------------------------------------------------
+#: The /features checksum of a default build of the demo corpus (hours 0.01, seed 0), as serprep
+#: 0.5.0 wrote it before feature kinds existed (commit 1cb8f75, measured on this project's
+#: machine). The kind registry must leave the log-Mel frames unchanged bit for bit. (FFT
+#: rounding could differ on another CPU; a mismatch there means re-measuring at 1cb8f75 first.)
+DEMO_FEATURES_SHA256 = {
+    "iemocap": "0d9e353f777cd946d4e1da131a44bbf6098330837cfe7bf7a4cae23a2005ee0b",
+    "msp-improv": "9bd56d1fbe4fd0bea61056ad2d766d27db602ba26b6bf285a31fe9f8a7d5c675",
+}
+
+
+@pytest.mark.parametrize("corpus, layout, folder", [("iemocap", "iemocap", "IEMOCAP_full_release"),
+                                                     ("msp-improv", "msp-improv", "MSP-IMPROV")])
+def test_logmel_features_are_unchanged_by_the_kind_registry(corpus, layout, folder, tmp_path):
+    from serprep.demo import write_demo_corpus
+
+    write_demo_corpus(tmp_path / folder, hours=0.01, seed=0, layout=layout)
+    out = tmp_path / "demo.h5"
+    build(corpus, tmp_path / folder, out)
+    with h5py.File(out, "r") as f:
+        assert json.loads(f.attrs["checksums"])["features"] == DEMO_FEATURES_SHA256[corpus]
+        assert f.attrs["feature_kind"] == "logmel" and f["features"].shape[1:] == (3, 40)
+    assert verify(out) == []
+
+
+def test_a_schema_2_store_reads_as_3_channel_logmel_in_sertrain(iemocap_store, tmp_path):
+    from sertrain.model import InputSpec
+
+    out, _, _ = iemocap_store
+    old = tmp_path / "v2.h5"
+    shutil.copy(out, old)
+    downgrade_to_schema_2(old)
+    with h5py.File(old, "r") as f:
+        assert "feature_kind" not in f.attrs and "feature_channels" not in f.attrs
+    r = StoreReader(old)
+    assert (r.feature_kind, r.feature_channels) == ("logmel", ("static", "delta", "delta-delta"))
+    assert InputSpec.from_reader(r) == InputSpec.from_reader(StoreReader(out))
+    assert InputSpec.from_reader(r).channels == 3
