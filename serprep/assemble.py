@@ -21,8 +21,9 @@ from .config import FeatureConfig
 from .errors import SerprepError
 from .folds import ResolvedFold
 from .plan import BuildPlan
-from .store import (GENDERS, BuildRecord, FailureRow, Fold, Functionals, ItemRow, Manifest, SegmentTable, StoreWriter,
-                    WarningRow, gender_id)
+from .corpora import corpus_info
+from .store import (DIMENSIONS, GENDERS, BuildRecord, FailureRow, Fold, Functionals, ItemRow, Manifest,
+                    SegmentTable, StoreWriter, WarningRow, gender_id)
 
 
 class BlockCollector:
@@ -124,8 +125,9 @@ def write_tables(writer: StoreWriter, plan: BuildPlan, collected: BlockCollector
     (read from their headers). Returns the segment table and the fold notes."""
     for i, d in header_durations.items():
         collected.durations[i] = d
-    segs = collected.segments()
-    writer.write_segments(segs)
+    scales = dimension_scales(plan.options.corpus)
+    segs = with_ratings(collected.segments(), plan.utts, scales)
+    writer.write_segments(segs, scales)
     fold_notes = list(plan.fold_notes) + write_folds(writer, plan, segs, collected)
     writer.write_manifest(Manifest(
         utterances=plan.utts, emotion=plan.emotion, duration=collected.durations, status=collected.status,
@@ -153,6 +155,27 @@ def write_functionals(writer: StoreWriter, name: str, collected: BlockCollector)
     values = np.stack([collected.functionals[int(i)] for i in utt]) if len(utt) else np.zeros((0, len(names)), np.float32)
     feature_set, level = FUNCTIONAL_SETS[name]
     writer.write_functionals(name, Functionals(utt, names, values), feature_set, level)
+
+
+def dimension_scales(corpus: str) -> dict[str, tuple[float, float]]:
+    """The store's rating columns: each of :data:`serprep.store.DIMENSIONS` the corpus rates,
+    with the corpus' own scale (other ratings, such as MSP-IMPROV's naturalness, stay manifest
+    extras)."""
+    info = corpus_info(corpus)
+    scale = info.rating_scale()
+    return {name: scale for name in DIMENSIONS if scale is not None and name in info.dimensions}
+
+
+def with_ratings(segs: SegmentTable, utts: Sequence[Any], scales: dict[str, tuple[float, float]]) -> SegmentTable:
+    """``segs`` with a rating column per dimension of ``scales``: each segment gets its
+    utterance's rating (``segs.utt``, so an augmented copy carries its source's), NaN where the
+    corpus has none for it (never imputed)."""
+    columns = {}
+    for name in scales:
+        per_utt = np.array([np.nan if u.extras.get(name) is None else float(u.extras[name]) for u in utts],
+                           dtype=np.float64)
+        columns[name] = per_utt[segs.utt]
+    return dataclasses.replace(segs, dimensions=columns)
 
 
 def write_folds(writer: StoreWriter, plan: BuildPlan, segs: SegmentTable, collected: BlockCollector) -> list[str]:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .config import SegmentConfig
 from .extract import Task, extract_block
-from .features import LogMelExtractor
+from .features import FrameExtractor
 from .journal import audio_stats
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ class BlockJob:
     modification time, taken before it is read (:func:`serprep.journal.audio_stats`).
     ``functionals``: the utterance functionals to compute too (``--functionals``)."""
 
-    def __init__(self, root: str, extract: LogMelExtractor, seg: SegmentConfig, augment: str | None, seed: int,
+    def __init__(self, root: str, extract: FrameExtractor, seg: SegmentConfig, augment: str | None, seed: int,
                  worker_process: bool, functionals: FunctionalsExtractor | None = None) -> None:
         self.root, self.extract, self.seg = root, extract, seg
         self.augment, self.seed, self.worker_process = augment, seed, worker_process

@@ -54,7 +54,7 @@ from .corpora import CorpusListing, read_corpus
 from .errors import CorpusLayoutError, SerprepError, StoreError
 from .executor import BlockRunner
 from .extract import prepare_worker_process, tune_malloc, warm_up, warm_up_extractor
-from .features import LogMelExtractor, check_feature_config
+from .features import DEFAULT_FEATURE_KIND, FrameExtractor, feature_kind, make_extractor
 from .functionals import FunctionalsExtractor, check_functionals, opensmile_version
 from .journal import Journal, journal_lifetime, journal_path, open_journal, refuse_unresumed
 from .labels import CorpusSpec, load_spec
@@ -136,7 +136,7 @@ def check_options(opts: BuildOptions, spec: CorpusSpec) -> tuple[Path, Path]:
         raise CorpusLayoutError(f"{root}: corpus root is not a directory")
     if opts.protocol is not None:
         opts.protocol.check_build_options(opts, spec)
-    check_feature_config(opts.features)
+    feature_kind(DEFAULT_FEATURE_KIND).check_config(opts.features)
     check_functionals(opts.functionals)
     seg = opts.segments
     if seg.frames <= 0 or not 0 < seg.min_hop <= seg.hop <= seg.frames:
@@ -249,7 +249,7 @@ class _Workers:
     runner: BlockRunner
     background: ThreadPoolExecutor
     warm: list[Future]
-    extract: LogMelExtractor
+    extract: FrameExtractor
 
 
 def _build_locked(opts: BuildOptions, spec: CorpusSpec, root: Path, out: Path,
@@ -258,7 +258,8 @@ def _build_locked(opts: BuildOptions, spec: CorpusSpec, root: Path, out: Path,
     inside the journal's lifetime (kept on interrupt, removed on success or error)."""
     jobs = (os.cpu_count() or 1) if opts.jobs in (0, -1, None) else max(1, opts.jobs)
     backend = resolve_backend(opts.backend, bool(opts.augment), jobs)
-    extract = LogMelExtractor(opts.features)
+    # The one kind there is; a second kind brings an option for it (and a place in the plan's fingerprint).
+    extract = make_extractor(DEFAULT_FEATURE_KIND, opts.features)
     with contextlib.ExitStack() as stack:
         runner = stack.enter_context(BlockRunner(backend, jobs,
                                                  opts.task_timeout if jobs > 1 or backend == "dask" else None,
@@ -320,7 +321,7 @@ def _extract_and_write(opts: BuildOptions, plan: BuildPlan, journal: Journal | N
     unlabelled = plan.unlabelled
     header_durations = workers.background.submit(
         lambda: {i: audio_duration(root / plan.utts[i].path) for i in unlabelled})
-    writer = stack.enter_context(StoreWriter(out, opts.features, overwrite=opts.overwrite))
+    writer = stack.enter_context(StoreWriter(out, opts.features, overwrite=opts.overwrite, kind=workers.extract.kind))
     in_processes = workers.runner.kind == "processes"
 
     def before_extraction() -> None:  # after the kept blocks at the start of a resumed build

@@ -203,7 +203,8 @@ def corpora(markdown: bool) -> None:
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def info(store: Path, as_json: bool) -> None:
-    """Summarise a store: corpus, config, versions, counts, folds."""
+    """Summarise a store: corpus, feature kind and config, dimensional ratings and their scale,
+    versions, counts, folds."""
     from .info import format_summary, store_summary
 
     s = store_summary(store)

@@ -1,7 +1,7 @@
 """Extraction workers: decode, augment, featurise and segment blocks of utterances.
 
 This module runs in joblib worker processes. It imports only what extraction needs (no
-h5py, pandas or librosa: the log-Mel extractor arrives with its filterbank built), so
+h5py, pandas or librosa: the extractor, log-Mel's with its filterbank built, arrives ready), so
 workers start fast; it returns arrays and never touches the store.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 from .audio import load_audio
 from .config import SegmentConfig
 from .errors import AudioError
-from .features import FEATURE_CHANNELS, LogMelExtractor
+from .features import FrameExtractor
 from .segments import segment_offsets, valid_frames
 from .checksum import frames_digest
 from .executor import exit_with_parent
@@ -93,7 +93,7 @@ def warm_up(augment: bool) -> int:
     return 0
 
 
-def warm_up_extractor(extract: LogMelExtractor) -> None:
+def warm_up_extractor(extract: FrameExtractor) -> None:
     """Import the FFT module and run one short extraction.
 
     Started in a thread as the build begins, so the ~0.15 s import overlaps reading the
@@ -106,7 +106,7 @@ def warm_up_extractor(extract: LogMelExtractor) -> None:
 _Decoded = tuple[dict[str, Any], Task, list[tuple[int, str, np.ndarray]]]
 
 
-def extract_block(tasks: list[Task], root: str, extract: LogMelExtractor, seg: SegmentConfig,
+def extract_block(tasks: list[Task], root: str, extract: FrameExtractor, seg: SegmentConfig,
                   augment: str | None, seed: int, worker_process: bool = False,
                   functionals: FunctionalsExtractor | None = None) -> dict[str, Any]:
     """Decode, augment, featurise and segment one block of utterances.
@@ -152,7 +152,7 @@ def extract_block(tasks: list[Task], root: str, extract: LogMelExtractor, seg: S
     if functionals is not None:
         decoded = _add_functionals(decoded, functionals, cfg.sample_rate)
 
-    # One feature pass over every signal of the block (see LogMelExtractor.frames_block).
+    # One feature pass over every signal of the block (see serprep.features.LogMelExtractor.frames_block).
     # Overflow (samples far outside [-1, 1]) is reported per file below, as a failed file:
     # numpy's RuntimeWarnings would only add lines to the user's terminal.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -203,7 +203,7 @@ def _not_finite_message(path: str, copies: list[int]) -> str:
     return f"{path}: {what} are not all finite (samples far outside [-1, 1]?)"
 
 
-def _frames_file_by_file(decoded: list[_Decoded], extract: LogMelExtractor, seg: SegmentConfig) -> np.ndarray:
+def _frames_file_by_file(decoded: list[_Decoded], extract: FrameExtractor, seg: SegmentConfig) -> np.ndarray:
     """The slow path of :func:`extract_block`: each file on its own, errors recorded per file."""
     kept = []
     for entry, task, signals in decoded:
@@ -220,7 +220,7 @@ def _frames_file_by_file(decoded: list[_Decoded], extract: LogMelExtractor, seg:
             continue
         entry["items"] = items
         kept += item_frames
-    return np.concatenate(kept) if kept else np.zeros((0, FEATURE_CHANNELS, extract.cfg.n_mels), dtype=np.float32)
+    return np.concatenate(kept) if kept else np.zeros((0, len(extract.channels), extract.cfg.n_mels), dtype=np.float32)
 
 
 def _segment_item(frames: np.ndarray, copy: int, chain: str, seg: SegmentConfig, class_hop: int) -> dict[str, Any]:
