@@ -30,7 +30,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch is pinned to the CPU wheel on this machine's disk; install it first, exactly.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
+	# egemaps: the tests build stores with --functionals egemaps (they never skip it).
+	$(BIN)/pip install --quiet -e '.[test,egemaps]'
 	touch $(STAMP)
 
 test: setup
@@ -41,6 +42,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_open.py
 	$(BIN)/python benchmarks/bench_build_scale.py
+	$(BIN)/python benchmarks/bench_functionals.py
 
 train: setup
 ifeq ($(CORPUS),demo)

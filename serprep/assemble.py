@@ -21,7 +21,9 @@ from .config import FeatureConfig
 from .errors import SerprepError
 from .folds import ResolvedFold
 from .plan import BuildPlan
-from .store import GENDERS, BuildRecord, FailureRow, Fold, ItemRow, Manifest, SegmentTable, StoreWriter, WarningRow, gender_id
+from .corpora import corpus_info
+from .store import (DIMENSIONS, GENDERS, BuildRecord, FailureRow, Fold, Functionals, ItemRow, Manifest,
+                    SegmentTable, StoreWriter, WarningRow, gender_id)
 
 
 class BlockCollector:
@@ -48,6 +50,8 @@ class BlockCollector:
         self.spk_weight = np.zeros(n_speakers, dtype=np.float64)
         self.audio_seconds = 0.0
         self.n_items = 0
+        #: Utterance -> its functionals (``--functionals``), for the extracted originals.
+        self.functionals: dict[int, np.ndarray] = {}
         self._speaker_id = {s: i for i, s in enumerate(plan.speakers)}
         self._class_id = {c: i for i, c in enumerate(plan.class_names)}
 
@@ -98,6 +102,8 @@ class BlockCollector:
             self.failures.append(FailureRow(u.utt_id, u.path, entry["error"]))
             return False
         self.status[i] = "ok"
+        if "functionals" in entry:
+            self.functionals[i] = entry["functionals"]
         self.sha[i] = entry["sha256"]
         self.source_rate[i] = entry["source_rate"]
         self.durations[i] = entry["duration"]
@@ -119,17 +125,57 @@ def write_tables(writer: StoreWriter, plan: BuildPlan, collected: BlockCollector
     (read from their headers). Returns the segment table and the fold notes."""
     for i, d in header_durations.items():
         collected.durations[i] = d
-    segs = collected.segments()
-    writer.write_segments(segs)
+    scales = dimension_scales(plan.options.corpus)
+    segs = with_ratings(collected.segments(), plan.utts, scales)
+    writer.write_segments(segs, scales)
     fold_notes = list(plan.fold_notes) + write_folds(writer, plan, segs, collected)
     writer.write_manifest(Manifest(
         utterances=plan.utts, emotion=plan.emotion, duration=collected.durations, status=collected.status,
         n_segments=collected.n_orig_segments, audio_sha256=collected.sha, source_rate=collected.source_rate))
     writer.write_vocab(plan.class_names, plan.speakers)
+    if plan.options.functionals:
+        write_functionals(writer, plan.options.functionals, collected)
     writer.write_failures(list(plan.skipped) + collected.failures)
     writer.write_warnings(list(plan.warnings) + collected.warnings)
     writer.write_record(build_record(plan, collected.sha, fold_notes, created))
     return segs, fold_notes
+
+
+def write_functionals(writer: StoreWriter, name: str, collected: BlockCollector) -> None:
+    """``/functionals/<name>``: a row per extracted utterance, in manifest order."""
+    from .functionals import FUNCTIONAL_SETS, FunctionalsExtractor
+
+    extractor = FunctionalsExtractor(name)
+    names = extractor.names()
+    utt = np.flatnonzero(collected.ok())
+    missing = [int(i) for i in utt if int(i) not in collected.functionals]
+    if missing:  # every extracted utterance's block carried them: a journal of another build?
+        raise SerprepError(f"utterance {collected.plan.utts[missing[0]].utt_id}: extracted without its {name} "
+                           "functionals")
+    values = np.stack([collected.functionals[int(i)] for i in utt]) if len(utt) else np.zeros((0, len(names)), np.float32)
+    feature_set, level = FUNCTIONAL_SETS[name]
+    writer.write_functionals(name, Functionals(utt, names, values), feature_set, level)
+
+
+def dimension_scales(corpus: str) -> dict[str, tuple[float, float]]:
+    """The store's rating columns: each of :data:`serprep.store.DIMENSIONS` the corpus rates,
+    with the corpus' own scale (other ratings, such as MSP-IMPROV's naturalness, stay manifest
+    extras)."""
+    info = corpus_info(corpus)
+    scale = info.rating_scale()
+    return {name: scale for name in DIMENSIONS if scale is not None and name in info.dimensions}
+
+
+def with_ratings(segs: SegmentTable, utts: Sequence[Any], scales: dict[str, tuple[float, float]]) -> SegmentTable:
+    """``segs`` with a rating column per dimension of ``scales``: each segment gets its
+    utterance's rating (``segs.utt``, so an augmented copy carries its source's), NaN where the
+    corpus has none for it (never imputed)."""
+    columns = {}
+    for name in scales:
+        per_utt = np.array([np.nan if u.extras.get(name) is None else float(u.extras[name]) for u in utts],
+                           dtype=np.float64)
+        columns[name] = per_utt[segs.utt]
+    return dataclasses.replace(segs, dimensions=columns)
 
 
 def write_folds(writer: StoreWriter, plan: BuildPlan, segs: SegmentTable, collected: BlockCollector) -> list[str]:
@@ -250,6 +296,8 @@ def build_record(plan: BuildPlan, audio_sha256: Sequence[str], fold_notes: list[
             "fold_notes": fold_notes,
             # name, version and SHA-256 of the protocol file identify it; None = built without one.
             "protocol": options.protocol,
+            # Only where asked for, so stores without functionals keep their bytes and checksums.
+            **({"functionals": options.functionals} if options.functionals else {}),
         },
         label_manifest=plan.label_manifest,
         corpus_fingerprint=corpus_fingerprint(plan, audio_sha256),

@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .config import SegmentConfig
 from .extract import Task, extract_block
-from .features import LogMelExtractor
+from .features import FrameExtractor
 from .journal import audio_stats
 
 if TYPE_CHECKING:
     from .executor import BlockRunner
+    from .functionals import FunctionalsExtractor
     from .journal import Journal
     from .plan import BuildPlan
 
@@ -25,17 +26,20 @@ if TYPE_CHECKING:
 class BlockJob:
     """``extract_block`` with the build's fixed arguments (picklable, for worker processes),
     called with ``(k, tasks)``; the result also records ``stats``: each audio file's size and
-    modification time, taken before it is read (:func:`serprep.journal.audio_stats`)."""
+    modification time, taken before it is read (:func:`serprep.journal.audio_stats`).
+    ``functionals``: the utterance functionals to compute too (``--functionals``)."""
 
-    def __init__(self, root: str, extract: LogMelExtractor, seg: SegmentConfig, augment: str | None, seed: int,
-                 worker_process: bool) -> None:
+    def __init__(self, root: str, extract: FrameExtractor, seg: SegmentConfig, augment: str | None, seed: int,
+                 worker_process: bool, functionals: FunctionalsExtractor | None = None) -> None:
         self.root, self.extract, self.seg = root, extract, seg
         self.augment, self.seed, self.worker_process = augment, seed, worker_process
+        self.functionals = functionals
 
     def __call__(self, item: tuple[int, list[Task]]) -> dict[str, Any]:
         _, tasks = item
         stats = [audio_stats(self.root, task.path) for task in tasks]
-        block = extract_block(tasks, self.root, self.extract, self.seg, self.augment, self.seed, self.worker_process)
+        block = extract_block(tasks, self.root, self.extract, self.seg, self.augment, self.seed, self.worker_process,
+                              self.functionals)
         block["stats"] = stats
         return block
 
@@ -45,7 +49,7 @@ class BlockJob:
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(limits=1):
-            return BlockJob(self.root, self.extract, self.seg, self.augment, self.seed, False)(item)
+            return BlockJob(self.root, self.extract, self.seg, self.augment, self.seed, False, self.functionals)(item)
 
 
 def block_stream(plan: BuildPlan, journal: Journal | None, runner: BlockRunner, job: BlockJob,

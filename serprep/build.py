@@ -11,7 +11,8 @@ The build in stages, each in its module:
    blocks an interrupted build of the same plan left there; a new one starts it;
 4. the stream of extracted blocks (:mod:`serprep.blocks`): kept blocks read back, the others
    decoded, augmented, featurised, windowed and hashed in parallel workers (threads, or
-   processes when augmenting: :mod:`serprep.executor`) and journaled;
+   processes when augmenting: :mod:`serprep.executor`), with ``--functionals`` also the
+   original utterances' functionals (:mod:`serprep.functionals`), and journaled;
 5. one thread (this one) appends each block's frames to the store in plan order and collects
    the tables and per-speaker normalisation sums, then writes folds, tables and the build
    record (:mod:`serprep.assemble`) through :class:`serprep.store.StoreWriter`, which adds
@@ -53,7 +54,8 @@ from .corpora import CorpusListing, read_corpus
 from .errors import CorpusLayoutError, SerprepError, StoreError
 from .executor import BlockRunner
 from .extract import prepare_worker_process, tune_malloc, warm_up, warm_up_extractor
-from .features import LogMelExtractor, check_feature_config
+from .features import DEFAULT_FEATURE_KIND, FrameExtractor, feature_kind, make_extractor
+from .functionals import FunctionalsExtractor, check_functionals, opensmile_version
 from .journal import Journal, journal_lifetime, journal_path, open_journal, refuse_unresumed
 from .labels import CorpusSpec, load_spec
 from .output import OutputLock, remove_stale_temps
@@ -96,6 +98,8 @@ class BuildOptions:
     resume: bool = False
     #: Keep extracted blocks in ``<out>.partial/`` while building (what ``resume`` continues).
     journal: bool = True
+    #: Also store these utterance functionals (``--functionals egemaps``: :mod:`serprep.functionals`).
+    functionals: str | None = None
 
 
 @dataclass
@@ -132,7 +136,8 @@ def check_options(opts: BuildOptions, spec: CorpusSpec) -> tuple[Path, Path]:
         raise CorpusLayoutError(f"{root}: corpus root is not a directory")
     if opts.protocol is not None:
         opts.protocol.check_build_options(opts, spec)
-    check_feature_config(opts.features)
+    feature_kind(DEFAULT_FEATURE_KIND).check_config(opts.features)
+    check_functionals(opts.functionals)
     seg = opts.segments
     if seg.frames <= 0 or not 0 < seg.min_hop <= seg.hop <= seg.frames:
         raise SerprepError(
@@ -200,8 +205,9 @@ def resolve_backend(backend: str, augment: bool, jobs: int) -> str:
     return backend
 
 
-def package_versions() -> dict[str, str]:
-    """Versions of Python and of the packages that shape a store's content."""
+def package_versions(functionals: str | None = None) -> dict[str, str]:
+    """Versions of Python and of the packages that shape a store's content (opensmile's only
+    for a build with ``functionals``: the others record what they always did)."""
     from importlib import metadata  # ~20 ms to import: only here, in a background thread
 
     out = {"python": platform.python_version(), "serprep": __version__}
@@ -210,6 +216,8 @@ def package_versions() -> dict[str, str]:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
+    if functionals is not None:
+        out["opensmile"] = opensmile_version()
     return out
 
 
@@ -241,7 +249,7 @@ class _Workers:
     runner: BlockRunner
     background: ThreadPoolExecutor
     warm: list[Future]
-    extract: LogMelExtractor
+    extract: FrameExtractor
 
 
 def _build_locked(opts: BuildOptions, spec: CorpusSpec, root: Path, out: Path,
@@ -250,7 +258,8 @@ def _build_locked(opts: BuildOptions, spec: CorpusSpec, root: Path, out: Path,
     inside the journal's lifetime (kept on interrupt, removed on success or error)."""
     jobs = (os.cpu_count() or 1) if opts.jobs in (0, -1, None) else max(1, opts.jobs)
     backend = resolve_backend(opts.backend, bool(opts.augment), jobs)
-    extract = LogMelExtractor(opts.features)
+    # The one kind there is; a second kind brings an option for it (and a place in the plan's fingerprint).
+    extract = make_extractor(DEFAULT_FEATURE_KIND, opts.features)
     with contextlib.ExitStack() as stack:
         runner = stack.enter_context(BlockRunner(backend, jobs,
                                                  opts.task_timeout if jobs > 1 or backend == "dask" else None,
@@ -260,7 +269,7 @@ def _build_locked(opts: BuildOptions, spec: CorpusSpec, root: Path, out: Path,
         # Worker start-up (processes) or the FFT import (this process) overlaps reading the corpus.
         warm = (runner.submit_to_all(warm_up, bool(opts.augment)) if runner.kind == "processes"
                 else [background.submit(warm_up_extractor, extract)])
-        versions = background.submit(package_versions)  # importlib.metadata: ~30 ms, off the critical path
+        versions = background.submit(package_versions, opts.functionals)  # importlib.metadata: ~30 ms, off the critical path
         plan = _plan(opts, spec, root, versions)
         journal = open_journal(out, plan, root, resume=opts.resume, overwrite=opts.overwrite,
                                enabled=opts.journal, log=log)
@@ -300,6 +309,7 @@ def plan_options(opts: BuildOptions, spec: CorpusSpec) -> PlanOptions:
         max_copies=opts.max_copies, seed=opts.seed, block_seconds=float(opts.block_seconds),
         protocol=None if protocol is None else {**protocol.record(), "title": protocol.title,
                                                 "built_in": protocol.built_in},
+        functionals=opts.functionals,
     )
 
 
@@ -311,7 +321,7 @@ def _extract_and_write(opts: BuildOptions, plan: BuildPlan, journal: Journal | N
     unlabelled = plan.unlabelled
     header_durations = workers.background.submit(
         lambda: {i: audio_duration(root / plan.utts[i].path) for i in unlabelled})
-    writer = stack.enter_context(StoreWriter(out, opts.features, overwrite=opts.overwrite))
+    writer = stack.enter_context(StoreWriter(out, opts.features, overwrite=opts.overwrite, kind=workers.extract.kind))
     in_processes = workers.runner.kind == "processes"
 
     def before_extraction() -> None:  # after the kept blocks at the start of a resumed build
@@ -322,7 +332,8 @@ def _extract_and_write(opts: BuildOptions, plan: BuildPlan, journal: Journal | N
             stack.enter_context(threadpool_limits(limits=1))
             tune_malloc()
 
-    job = BlockJob(str(root), workers.extract, opts.segments, opts.augment, opts.seed, in_processes)
+    functionals = FunctionalsExtractor(opts.functionals) if opts.functionals else None
+    job = BlockJob(str(root), workers.extract, opts.segments, opts.augment, opts.seed, in_processes, functionals)
     collected = BlockCollector(plan, opts.features, opts.strict)
     blocks = block_stream(plan, journal, workers.runner, job, log, before_extraction)
     _write_blocks(blocks, collected, writer, len(plan.tasks), opts.progress)

@@ -87,6 +87,11 @@ def main() -> None:
                    "classes, plus augmented copies when --augment is given (set by --protocol).")
 @click.option("--max-copies", default=4, show_default=True, type=int, help="Most augmented copies per utterance when balancing.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for augmentation and sampling indices.")
+@click.option("--functionals", type=click.Choice(["egemaps"]), default=None,
+              help="Also store utterance functionals for the classical baseline (`sertrain baseline`): egemaps = "
+                   "the 88 eGeMAPS v02 functionals of openSMILE (needs serprep[egemaps]), of every extracted "
+                   "original utterance; an utterance whose functionals are not finite is skipped and recorded. "
+                   "Costs extraction time (README: Benchmarks).")
 @click.option("--jobs", "-j", default=-1, show_default=True, type=int, help="Extraction workers (-1 or 0 = all cores).")
 @click.option("--backend", type=click.Choice(["auto", "threads", "processes", "dask"]), default="auto",
               show_default=True,
@@ -114,7 +119,7 @@ def main() -> None:
 @click.option("--task-timeout", default=900.0, show_default=True, type=float, help="Seconds a worker may spend on one block.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def build(corpus, root, out, protocol_ref, classes, subset, n_mels, segment_frames, segment_hop, augment, copies,
-          balance, max_copies, seed, jobs, backend, scheduler, strict, overwrite, task_timeout, quiet,
+          balance, max_copies, seed, functionals, jobs, backend, scheduler, strict, overwrite, task_timeout, quiet,
           resume, no_journal, block_seconds) -> None:
     """Build a feature store from a corpus directory.
 
@@ -160,6 +165,7 @@ def build(corpus, root, out, protocol_ref, classes, subset, n_mels, segment_fram
         augment=augment, copies=copies, balance=balance, max_copies=max_copies, seed=seed, jobs=jobs, backend=backend,
         scheduler=scheduler, strict=strict, overwrite=overwrite, progress=not quiet, task_timeout=task_timeout,
         protocol=protocol, resume=resume, journal=not no_journal, block_seconds=block_seconds,
+        functionals=functionals,
     )
     s = build_store(opts, log=lambda m: click.echo(m, err=True))
     click.echo(
@@ -197,7 +203,8 @@ def corpora(markdown: bool) -> None:
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def info(store: Path, as_json: bool) -> None:
-    """Summarise a store: corpus, config, versions, counts, folds."""
+    """Summarise a store: corpus, feature kind and config, dimensional ratings and their scale,
+    versions, counts, folds."""
     from .info import format_summary, store_summary
 
     s = store_summary(store)

@@ -1,7 +1,7 @@
 """Extraction workers: decode, augment, featurise and segment blocks of utterances.
 
 This module runs in joblib worker processes. It imports only what extraction needs (no
-h5py, pandas or librosa: the log-Mel extractor arrives with its filterbank built), so
+h5py, pandas or librosa: the extractor, log-Mel's with its filterbank built, arrives ready), so
 workers start fast; it returns arrays and never touches the store.
 """
 
@@ -10,17 +10,20 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .audio import load_audio
 from .config import SegmentConfig
 from .errors import AudioError
-from .features import FEATURE_CHANNELS, LogMelExtractor
+from .features import FrameExtractor
 from .segments import segment_offsets, valid_frames
 from .checksum import frames_digest
 from .executor import exit_with_parent
+
+if TYPE_CHECKING:
+    from .functionals import FunctionalsExtractor
 
 
 @dataclass
@@ -90,7 +93,7 @@ def warm_up(augment: bool) -> int:
     return 0
 
 
-def warm_up_extractor(extract: LogMelExtractor) -> None:
+def warm_up_extractor(extract: FrameExtractor) -> None:
     """Import the FFT module and run one short extraction.
 
     Started in a thread as the build begins, so the ~0.15 s import overlaps reading the
@@ -103,8 +106,9 @@ def warm_up_extractor(extract: LogMelExtractor) -> None:
 _Decoded = tuple[dict[str, Any], Task, list[tuple[int, str, np.ndarray]]]
 
 
-def extract_block(tasks: list[Task], root: str, extract: LogMelExtractor, seg: SegmentConfig,
-                  augment: str | None, seed: int, worker_process: bool = False) -> dict[str, Any]:
+def extract_block(tasks: list[Task], root: str, extract: FrameExtractor, seg: SegmentConfig,
+                  augment: str | None, seed: int, worker_process: bool = False,
+                  functionals: FunctionalsExtractor | None = None) -> dict[str, Any]:
     """Decode, augment, featurise and segment one block of utterances.
 
     Runs in a worker (thread or process) and does all per-item arithmetic here (features in
@@ -113,6 +117,9 @@ def extract_block(tasks: list[Task], root: str, extract: LogMelExtractor, seg: S
     entry per task (its items' metadata, or the error text for a bad file: never raises for
     one), and the frames of every item back to back in entry and item order
     (``[sum n_frames, 3, n_mels]``), which the writer appends to the store as one block.
+    With ``functionals``, each entry of an original utterance also holds ``functionals``
+    (float32 ``[n_features]`` of its decoded samples); one whose values are not finite is a
+    failed file (:func:`_add_functionals`).
     """
     if worker_process:
         prepare_worker_process()
@@ -142,8 +149,10 @@ def extract_block(tasks: list[Task], root: str, extract: LogMelExtractor, seg: S
         entry.update(sha256=audio.sha256, source_rate=audio.source_sample_rate,
                      duration=len(audio.samples) / cfg.sample_rate, warnings=audio.warnings)
         decoded.append((entry, task, signals))
+    if functionals is not None:
+        decoded = _add_functionals(decoded, functionals, cfg.sample_rate)
 
-    # One feature pass over every signal of the block (see LogMelExtractor.frames_block).
+    # One feature pass over every signal of the block (see serprep.features.LogMelExtractor.frames_block).
     # Overflow (samples far outside [-1, 1]) is reported per file below, as a failed file:
     # numpy's RuntimeWarnings would only add lines to the user's terminal.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -167,12 +176,34 @@ def extract_block(tasks: list[Task], root: str, extract: LogMelExtractor, seg: S
     return {"entries": entries, "frames": frames if keep.all() else frames[keep]}
 
 
+def _add_functionals(decoded: list[_Decoded], functionals: FunctionalsExtractor, sample_rate: int) -> list[_Decoded]:
+    """Each decoded entry's functionals of its original samples (copy 0) as
+    ``entry["functionals"]``; an entry whose functionals fail or are not finite becomes a
+    failed file (its error set) and is left out of the returned list."""
+    kept = []
+    for entry, task, signals in decoded:
+        try:
+            values = functionals(signals[0][2], sample_rate)
+        except ImportError:  # a worker without opensmile fails the build, not every utterance
+            raise
+        except Exception as exc:
+            entry["error"] = f"{task.path}: {functionals.name} functionals failed: {type(exc).__name__}: {exc}"
+            continue
+        if not np.isfinite(values).all():
+            entry["error"] = (f"{task.path}: {functionals.name} functionals are not all finite "
+                              f"({len(signals[0][2]) / sample_rate:.3f} s of audio: too short for openSMILE?)")
+            continue
+        entry["functionals"] = values
+        kept.append((entry, task, signals))
+    return kept
+
+
 def _not_finite_message(path: str, copies: list[int]) -> str:
     what = "features" if 0 in copies else f"features of augmented copy {copies[0]}"
     return f"{path}: {what} are not all finite (samples far outside [-1, 1]?)"
 
 
-def _frames_file_by_file(decoded: list[_Decoded], extract: LogMelExtractor, seg: SegmentConfig) -> np.ndarray:
+def _frames_file_by_file(decoded: list[_Decoded], extract: FrameExtractor, seg: SegmentConfig) -> np.ndarray:
     """The slow path of :func:`extract_block`: each file on its own, errors recorded per file."""
     kept = []
     for entry, task, signals in decoded:
@@ -189,7 +220,7 @@ def _frames_file_by_file(decoded: list[_Decoded], extract: LogMelExtractor, seg:
             continue
         entry["items"] = items
         kept += item_frames
-    return np.concatenate(kept) if kept else np.zeros((0, FEATURE_CHANNELS, extract.cfg.n_mels), dtype=np.float32)
+    return np.concatenate(kept) if kept else np.zeros((0, len(extract.channels), extract.cfg.n_mels), dtype=np.float32)
 
 
 def _segment_item(frames: np.ndarray, copy: int, chain: str, seg: SegmentConfig, class_hop: int) -> dict[str, Any]:

@@ -30,6 +30,8 @@ def store_summary(path: str | Path) -> dict[str, Any]:
         "created": r.attrs.get("created"),
         "corpus_fingerprint": r.fingerprint,
         "versions": json.loads(r.attrs.get("versions", "{}")),
+        "feature_kind": r.feature_kind,
+        "feature_channels": list(r.feature_channels),
         "feature_config": r.feature_config.to_dict(),
         "segment_config": r.segment_config.to_dict(),
         "build": {k: v for k, v in build.items() if k != "augment"} | {
@@ -51,6 +53,7 @@ def store_summary(path: str | Path) -> dict[str, Any]:
             "dense": int(segs["dense"].sum()),
             "augmented": int((segs["copy"] > 0).sum()),
         },
+        "dimensions": _dimensions(r.dimension_scales(), segs),
         "frames": int(r.n_frames_total),
         "failures": r.failures().to_dict(orient="records"),
         "warnings": r.warnings().to_dict(orient="records"),
@@ -72,7 +75,32 @@ def store_summary(path: str | Path) -> dict[str, Any]:
                 "counts": f.counts,
             })
         summary["folds"][scheme] = folds
+    sets = r.functional_sets()
+    if sets:  # only stores built with --functionals say so (the others' summary is unchanged)
+        summary["functionals"] = {name: len(r.functionals(name).names) for name in sets}
     return summary
+
+
+def _dimensions(scales: dict[str, tuple[float, float]], segs: Any) -> dict[str, Any]:
+    """Per rating column of the store: its scale and how many extracted utterances it rates."""
+    original = segs[(segs["copy"] == 0) & ~segs["dense"]]
+    out = {}
+    for name, (lo, hi) in scales.items():
+        per_utt = original.groupby("utt")[name].first()
+        out[name] = {"scale": [lo, hi], "rated": int(per_utt.notna().sum()), "missing": int(per_utt.isna().sum())}
+    return out
+
+
+def _dimensions_text(dims: dict[str, Any]) -> str:
+    """``arousal 1-5 (240 rated), valence 1-5 (238 rated, 2 missing)``, or ``none``."""
+    if not dims:
+        return "none in this store"
+    parts = []
+    for name, d in dims.items():
+        lo, hi = d["scale"]
+        missing = f", {d['missing']} missing" if d["missing"] else ""
+        parts.append(f"{name} {lo:g}-{hi:g} ({d['rated']} rated{missing})")
+    return ", ".join(parts) + " per utterance"
 
 
 def _corpus_info(corpus: str) -> dict[str, Any] | None:
@@ -104,7 +132,10 @@ def format_summary(s: dict[str, Any]) -> str:
         f"  protocol      {_protocol_text(b.get('protocol'))}",
         *([f"                {s['protocol_note']}"] if s.get("protocol_note") else []),
         f"  labels        {b.get('classes')} / subset {b.get('subset')} (label manifest v{b.get('label_manifest_version')})",
-        f"  features      log-Mel {fc['n_mels']} x 3 channels, {fc['sample_rate']} Hz, win {fc['win_length']} hop {fc['hop_length']} n_fft {fc['n_fft']}, pre-emphasis {fc['preemphasis']}",
+        f"  features      {s['feature_kind']} {fc['n_mels']} x {len(s['feature_channels'])} channels "
+        f"({', '.join(s['feature_channels'])}), {fc['sample_rate']} Hz, win {fc['win_length']} hop {fc['hop_length']} n_fft {fc['n_fft']}, pre-emphasis {fc['preemphasis']}",
+        *(["  functionals   " + ", ".join(f"{name} ({n} per extracted utterance)" for name, n in s["functionals"].items())
+           + f", opensmile {s['versions'].get('opensmile')}"] if s.get("functionals") else []),
         f"  segments      {s['segment_config']['frames']} frames, hop {s['segment_config']['hop']}"
         + (f"; class hops {b.get('hops')}" if b.get("balance") else ""),
         f"  augmentation  {b.get('augment') or 'none'}; balance {'on' if b.get('balance') else 'off'}; seed {b.get('seed')}",
@@ -113,6 +144,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"  speakers      {u['speakers']} in {u['sessions']} sessions; "
         + " / ".join(f"{g} {n}" for g, n in u["by_gender"].items()) + " utterances"
         + (f" ({UNKNOWN_GENDER} = gender unknown)" if UNKNOWN_GENDER in u["by_gender"] else ""),
+        f"  dimensions    {_dimensions_text(s['dimensions'])}",
         f"  segment rows  {seg['total']} ({seg['original']} original, {seg['dense']} dense-hop, {seg['augmented']} augmented); {s['frames']} frames",
     ]
     if s["failures"]:

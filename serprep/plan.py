@@ -60,6 +60,9 @@ class PlanOptions:
     seed: int
     block_seconds: float
     protocol: dict[str, Any] | None  # name, version, sha256, title, built_in (None: no protocol)
+    #: ``--functionals`` set (serprep.functionals); None: none, and absent from the JSON form,
+    #: so the plans (and journals) of builds without it are those of earlier serpreps.
+    functionals: str | None = None
 
     @property
     def needs_durations(self) -> bool:
@@ -69,6 +72,8 @@ class PlanOptions:
     def to_dict(self) -> dict[str, Any]:
         """JSON form: the augmentation as recorded (name and transforms), not the path given."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "augment_record"}
+        if self.functionals is None:
+            del out["functionals"]
         out.update(features=self.features.to_dict(), segments=self.segments.to_dict(), augment=self.augment_record)
         return out
 

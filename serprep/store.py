@@ -4,16 +4,22 @@ This module is the single definition of the on-disk format; ``sertrain`` imports
 reads the file any other way. Everything is plain HDF5 (readable with h5py alone, no pickles)
 and nothing in it depends on where the file lives: copy it anywhere and it stays valid.
 
-Schema (``SCHEMA_VERSION`` = 2)::
+Schema (``SCHEMA_VERSION`` = 3; see "Schema versions" below for the stores of version 2)::
 
     /                       attrs: format="serprep-store", schema_version, corpus, created (UTC ISO),
-                            versions (JSON), feature_config (JSON), segment_config (JSON),
+                            versions (JSON), feature_kind (what the frames are: a kind of
+                            serprep.features.FEATURE_KINDS, "logmel"), feature_channels (JSON
+                            list of its channel names: ["static", "delta", "delta-delta"]),
+                            feature_config (JSON), segment_config (JSON),
                             build (JSON: classes, subset, label manifest version, augmentation,
                             balancing, seed), label_manifest (JSON), corpus_fingerprint,
-                            item_checksum (the per-item algorithm, "crc32"), checksums (JSON, see
-                            below), attrs_sha256 (SHA-256 over every other root attribute,
+                            item_checksum (the per-item algorithm, "crc32"), dimensions (JSON
+                            {"arousal": [low, high], ...}: the corpus' own scale of each rating
+                            column of /segments; {} for a corpus without ratings), checksums
+                            (JSON, see below), attrs_sha256 (SHA-256 over every other root attribute,
                             checksums included: the store's content id)
-    /features               float32 [n_frames_total, 3, n_mels]: the frames of every item
+    /features               float32 [n_frames_total, C, n_mels] (C = len(feature_channels), 3 for
+                            log-Mel): the frames of every item
                             (original utterance or augmented copy), items back to back; chunked
                             along frames, uncompressed (compression barely shrinks log-Mel and
                             slows random reads)
@@ -27,15 +33,24 @@ Schema (``SCHEMA_VERSION`` = 2)::
     /segments/              item, utt, copy, offset (frame within the item), valid (real frames;
                             the rest of the window is zero padding), dense (1 = extra window from
                             a minority class's denser hop: training only), emotion, gender,
-                            speaker (ids into /vocab/*; -1 = none)
+                            speaker (ids into /vocab/*; -1 = none), and float32 arousal, valence,
+                            dominance: those of the three the corpus rates (the root
+                            ``dimensions``), its utterance's rating on the corpus' scale (an
+                            augmented copy's segments carry their source's), NaN = not rated
     /vocab/{emotion,gender,speaker}   string labels of the ids
     /failures/{utt_id,path,error}     files that were skipped, and why
     /warnings/{utt_id,path,message}   things the build accepted but a user should know
     /folds/<scheme>/<k>/    train_utts, validation_utts, test_utts, train_segments,
                             validation_segments, test_segments, balanced_index, norm_mean,
-                            norm_std ([3, n_mels]); attrs: train/validation/test speakers and
+                            norm_std ([C, n_mels]); attrs: train/validation/test speakers and
                             class counts (JSON), and ``label`` where a fold has a name (the
                             official partition it tests, e.g. "Test1")
+    /functionals/<set>/     only in stores built with ``--functionals <set>`` (``egemaps``: the 88
+                            eGeMAPS v02 functionals of openSMILE): utt (int64 [n]: manifest rows of
+                            the extracted utterances, ascending), values (float32 [n, n_features],
+                            all finite: row k = utterance utt[k], original audio only, never an
+                            augmented copy), names (str [n_features]: openSMILE's feature names);
+                            attrs: feature_set, feature_level (JSON strings)
 
 Genders are ``F`` and ``M`` (``/vocab/gender``); a corpus that does not know a speaker's gender
 (MSP-Podcast) writes ``U`` in the manifest and -1 in ``segments/gender``. Speakers a corpus does
@@ -44,8 +59,24 @@ so folds stay speaker independent; generated folds never draw them as validation
 (an official partition keeps them in its own part) and they are never speaker-task classes
 (:func:`is_known_speaker`).
 
+Dimensional ratings. IEMOCAP (rater means, 1-5), MSP-IMPROV (1-5, NaN where the file has
+none) and MSP-Podcast (1-7) rate arousal, valence and dominance; the build copies each
+utterance's manifest value to its segments unchanged (never rescaled, never imputed) and
+records the scale, so a consumer reads ratings per segment from :meth:`StoreReader.segments`
+and their scales from :meth:`StoreReader.dimension_scales` without the manifest. Other ratings
+(MSP-IMPROV's naturalness) stay manifest extras.
+
+Schema versions. A reader accepts :data:`READABLE_SCHEMA_VERSIONS`. Version 3 added the
+``dimensions`` attribute with the rating columns of ``/segments``, and ``feature_kind`` and
+``feature_channels``; a version 2 store opens as a store without ratings
+(``dimension_scales()`` is empty, ``segments()`` has no rating columns) whose frames are
+3-channel log-Mel (all a version 2 store can hold), everything else unchanged. A store whose
+kind this serprep does not register, or whose channels are not that kind's, is refused. The
+bump makes a serprep that reads only version 2 refuse a version 3 store rather than miss what
+it cannot read (a store of another kind read as log-Mel would be a silent wrong result).
+
 Strings are variable-length UTF-8. A segment's input is
-``features[item.frame_start + offset : ... + valid]`` transposed to ``[3, valid, n_mels]`` and
+``features[item.frame_start + offset : ... + valid]`` transposed to ``[C, valid, n_mels]`` and
 zero-padded to ``segment_config.frames``.
 
 Integrity. ``checksums`` maps every dataset (``"segments/emotion"``) to the SHA-256 of its
@@ -80,12 +111,18 @@ if TYPE_CHECKING:  # pandas is imported on first use: the build's writer never n
 
 from . import __version__
 from .checksum import ITEM_CHECKSUM, combine_item_digests, frames_digest
-from .errors import StoreError
-from .features import FEATURE_CHANNELS
+from .errors import SerprepError, StoreError
+from .features import DEFAULT_FEATURE_KIND, FeatureKind, feature_kind
 from .output import GuardedFile, is_disk_full, publish, temp_path
 
 FORMAT = "serprep-store"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+#: Schema versions this code reads: 2 is 3 without dimensional ratings and feature kind (read
+#: as no ratings and 3-channel log-Mel, which is what every schema 2 store holds).
+READABLE_SCHEMA_VERSIONS = (2, 3)
+#: What the frames of a store without ``feature_kind`` (schema 2) are, whatever the default
+#: kind of later builds.
+UNSTATED_FEATURE_KIND = "logmel"
 # 256 frames x 3 x 40 mels x 4 B = 120 KiB per chunk: a 300-frame segment touches 2-3 chunks.
 CHUNK_FRAMES = 256
 # Sized for the chunk layout: a minibatch of 64 segments touches up to ~190 chunks (23 MiB).
@@ -108,6 +145,12 @@ GENDERS = ("F", "M")
 UNKNOWN_GENDER = "U"
 #: Prefix of the pseudo speaker that stands for utterances whose speaker the corpus does not know.
 UNKNOWN_SPEAKER_PREFIX = "unknown:"
+#: Dimensional ratings a store can carry per segment (``/segments/<name>``, float32, NaN =
+#: not rated), in this order; a store holds those its corpus rates (the root ``dimensions``).
+DIMENSIONS = ("arousal", "valence", "dominance")
+DIMENSION_DTYPE = np.float32
+#: The datasets of a ``/functionals/<set>`` group.
+FUNCTIONALS_ARRAYS = ("utt", "values", "names")
 
 
 class ItemRow(NamedTuple):
@@ -145,7 +188,11 @@ WARNING_COLUMNS = WarningRow._fields
 @dataclass
 class SegmentTable:
     """The segment table (row i = segment i) as :meth:`StoreReader.segments` returns it; the
-    columns are cast to their on-disk dtypes (:data:`SEGMENT_DTYPES`) and must be equally long."""
+    columns are cast to their on-disk dtypes (:data:`SEGMENT_DTYPES`) and must be equally long.
+
+    ``dimensions``: the corpus' dimensional ratings of each segment's utterance (a name of
+    :data:`DIMENSIONS` -> float32 values, NaN = not rated); empty for a corpus without them.
+    """
 
     item: np.ndarray
     utt: np.ndarray
@@ -156,11 +203,18 @@ class SegmentTable:
     emotion: np.ndarray
     gender: np.ndarray
     speaker: np.ndarray
+    dimensions: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, dtype in SEGMENT_DTYPES.items():
             setattr(self, name, np.asarray(getattr(self, name), dtype=dtype).reshape(-1))
-        lengths = {len(getattr(self, name)) for name in SEGMENT_COLUMNS}
+        unknown = sorted(set(self.dimensions) - set(DIMENSIONS))
+        if unknown:
+            raise StoreError(f"segment table: unknown dimension {unknown[0]!r}; known: {', '.join(DIMENSIONS)}")
+        # In DIMENSIONS order, whatever order they came in: the table's columns are canonical.
+        self.dimensions = {name: np.asarray(self.dimensions[name], dtype=DIMENSION_DTYPE).reshape(-1)
+                           for name in DIMENSIONS if name in self.dimensions}
+        lengths = {len(v) for v in self.columns().values()}
         if len(lengths) > 1:
             raise StoreError(f"segment table columns differ in length ({sorted(lengths)})")
 
@@ -168,15 +222,21 @@ class SegmentTable:
         return len(self.item)
 
     def columns(self) -> dict[str, np.ndarray]:
-        """Column name -> array, in :data:`SEGMENT_COLUMNS` order."""
-        return {name: getattr(self, name) for name in SEGMENT_COLUMNS}
+        """Column name -> array: :data:`SEGMENT_COLUMNS`, then the dimensions it has."""
+        return {**{name: getattr(self, name) for name in SEGMENT_COLUMNS}, **self.dimensions}
 
     @classmethod
     def concat(cls, parts: Sequence["SegmentTable"]) -> "SegmentTable":
-        """The rows of ``parts`` one after the other (an empty table for no parts)."""
+        """The rows of ``parts`` one after the other (an empty table for no parts); the parts
+        must carry the same dimensions."""
         if not parts:
             return cls(**{name: np.zeros(0, dtype) for name, dtype in SEGMENT_DTYPES.items()})
-        return cls(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in SEGMENT_COLUMNS})
+        dims = [list(p.dimensions) for p in parts]
+        if any(d != dims[0] for d in dims):
+            raise StoreError(f"segment tables to join carry different dimensions ({dims[0]} and "
+                             f"{next(d for d in dims if d != dims[0])})")
+        return cls(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in SEGMENT_COLUMNS},
+                   dimensions={d: np.concatenate([p.dimensions[d] for p in parts]) for d in dims[0]})
 
 
 @dataclass
@@ -245,6 +305,17 @@ class BuildRecord:
             "label_manifest": json.dumps(self.label_manifest, sort_keys=True),
             "corpus_fingerprint": self.corpus_fingerprint,
         }
+
+
+class Functionals(NamedTuple):
+    """One set of utterance functionals (``/functionals/<set>``), as
+    :meth:`StoreReader.functionals` returns it and :meth:`StoreWriter.write_functionals`
+    takes it: ``utt`` int64 ``[n]`` manifest rows, ``names`` the ``n_features`` feature names,
+    ``values`` float32 ``[n, n_features]`` (row k = utterance ``utt[k]``)."""
+
+    utt: np.ndarray
+    names: list[str]
+    values: np.ndarray
 
 
 def is_known_speaker(speaker: str) -> bool:
@@ -467,8 +538,10 @@ class StoreWriter:
     and :meth:`write_record` a :class:`BuildRecord`; no caller lists a column.
     """
 
-    def __init__(self, path: str | Path, feature_config: FeatureConfig, *, overwrite: bool = False) -> None:
+    def __init__(self, path: str | Path, feature_config: FeatureConfig, *, overwrite: bool = False,
+                 kind: str = DEFAULT_FEATURE_KIND) -> None:
         self.path = Path(path)
+        self.kind: FeatureKind = feature_kind(kind)
         if self.path.exists() and not overwrite:
             raise StoreError(f"{self.path}: already exists (use --overwrite to replace it)")
         if not self.path.parent.is_dir():
@@ -480,7 +553,7 @@ class StoreWriter:
         self._done = False
         try:
             self._file = h5py.File(self._sink, "w", libver=("v110", "latest"))
-            frame_shape = (FEATURE_CHANNELS, feature_config.n_mels)
+            frame_shape = (len(self.kind.channels), feature_config.n_mels)
             self._features = self._file.create_dataset(
                 "features", shape=(0, *frame_shape), maxshape=(None, *frame_shape), dtype=np.float32,
                 chunks=(CHUNK_FRAMES, *frame_shape),
@@ -513,8 +586,10 @@ class StoreWriter:
         caller's array: the extraction workers hand over whole blocks, so the writer never
         copies frames itself.
         """
-        if frames.ndim != 3 or frames.shape[1] != FEATURE_CHANNELS or frames.shape[2] != self.cfg.n_mels:
-            raise StoreError(f"frame array of shape {frames.shape} does not match [T, 3, {self.cfg.n_mels}]")
+        channels = len(self.kind.channels)
+        if frames.ndim != 3 or frames.shape[1] != channels or frames.shape[2] != self.cfg.n_mels:
+            raise StoreError(f"frame array of shape {frames.shape} does not match [T, {channels}, {self.cfg.n_mels}] "
+                             f"({self.kind.name} frames)")
         if sum(item[2] for item in items) != frames.shape[0]:
             raise StoreError(f"items hold {sum(item[2] for item in items)} frames but the block has {frames.shape[0]}")
         frames = np.ascontiguousarray(frames, dtype=np.float32)
@@ -559,9 +634,19 @@ class StoreWriter:
             ds.attrs[key] = value
         self._check_sink()
 
-    def write_segments(self, segments: SegmentTable) -> None:
-        """``/segments``: the segment table, in its on-disk dtypes."""
+    def write_segments(self, segments: SegmentTable, dimension_scales: dict[str, tuple[float, float]] | None = None) -> None:
+        """``/segments``: the segment table, in its on-disk dtypes, and the root attribute
+        ``dimensions``: the scale ``(low, high)`` of each rating column the table carries (the
+        corpus' own; the two must name the same dimensions)."""
+        scales = dict(dimension_scales or {})
+        if set(scales) != set(segments.dimensions):
+            raise StoreError(f"dimension scales given for {sorted(scales)} but the segment table carries "
+                             f"{sorted(segments.dimensions)}")
+        for name, scale in scales.items():
+            _check_scale(name, scale)
         self.write_table("segments", segments.columns())
+        self.set_attrs(dimensions=json.dumps({name: [float(lo), float(hi)] for name, (lo, hi) in scales.items()},
+                                             sort_keys=True))
 
     def write_manifest(self, manifest: Manifest) -> None:
         """``/manifest``: one dataset per column, written one column at a time."""
@@ -604,6 +689,23 @@ class StoreWriter:
             **({"label": json.dumps(fold.label)} if fold.label else {}),
         )
 
+    def write_functionals(self, name: str, functionals: Functionals, feature_set: str, feature_level: str) -> None:
+        """``/functionals/<name>``; refuses mismatched shapes or non-finite values (the build
+        records such an utterance as failed instead: :mod:`serprep.functionals`)."""
+        utt = np.asarray(functionals.utt, dtype=np.int64).reshape(-1)
+        values = np.asarray(functionals.values, dtype=np.float32)
+        names = list(functionals.names)
+        if values.shape != (len(utt), len(names)):
+            raise StoreError(f"functionals {name}: values of shape {values.shape} do not match "
+                             f"{len(utt)} utterances x {len(names)} names")
+        if not np.isfinite(values).all():
+            raise StoreError(f"functionals {name}: values are not all finite")
+        group = f"functionals/{name}"
+        self.write_array(f"{group}/utt", utt)
+        self.write_array(f"{group}/values", values)
+        self.write_array(f"{group}/names", _column_array(names) if names else np.zeros(0, dtype=_STR))
+        self.set_group_attrs(group, feature_set=json.dumps(feature_set), feature_level=json.dumps(feature_level))
+
     def _write_rows(self, group: str, columns: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
         """A string table from rows, empty columns included."""
         self.write_table(group, {name: np.array([r[k] for r in rows], dtype=object) for k, name in enumerate(columns)})
@@ -626,6 +728,8 @@ class StoreWriter:
             f.attrs["format"] = FORMAT
             f.attrs["schema_version"] = SCHEMA_VERSION
             f.attrs["feature_config"] = self.cfg.to_json()
+            f.attrs["feature_kind"] = self.kind.name
+            f.attrs["feature_channels"] = json.dumps(list(self.kind.channels))
             f.attrs["item_checksum"] = ITEM_CHECKSUM
             datasets, attr_sets = _contents(f)
             checksums = {name: self._digests.get(name) or dataset_digest(f[name])
@@ -664,6 +768,17 @@ class StoreWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self._done:
             self.abort()
+
+
+def _check_scale(name: str, scale: Any) -> tuple[float, float]:
+    """``(low, high)`` of a dimension's rating scale: two finite numbers, low < high."""
+    try:
+        lo, hi = (float(v) for v in scale)
+    except (TypeError, ValueError):
+        raise StoreError(f"dimension {name!r}: scale {scale!r} is not a pair of numbers (low, high)") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise StoreError(f"dimension {name!r}: scale {scale!r} needs finite low < high")
+    return lo, hi
 
 
 def _column_array(values: Iterable[Any]) -> np.ndarray:
@@ -758,6 +873,7 @@ class StoreReader:
             self.attrs = {k: _plain(v) for k, v in f.attrs.items()}
             self._checksums: dict[str, str] = json.loads(self.attrs["checksums"])
             self.n_frames_total = f["features"].shape[0]
+            stored_channels = f["features"].shape[1] if f["features"].ndim == 3 else -1
         if self._stat() != identity:
             raise StoreError(f"{self.path}: the store changed while it was being checked; try again")
         self.identity = identity
@@ -766,13 +882,79 @@ class StoreReader:
             self.segment_config = SegmentConfig.from_dict(json.loads(self.attrs["segment_config"]))
         except (KeyError, ValueError, TypeError) as exc:
             raise StoreError(f"{self.path}: unreadable feature or segment configuration ({_short(exc)})") from None
+        self.feature_kind, self.feature_channels = self._read_feature_kind(stored_channels)
         self._vocab = {name.split("/", 1)[1]: [str(v) for v in value.tolist()]
                        for name, value in kept.items() if name.startswith("vocab/")}
         self._segments = {k: kept[f"segments/{k}"] for k in SEGMENT_COLUMNS}
+        self._scales = self._read_dimension_scales()
+        self._dimensions = self._dimension_columns(kept)
         self._item_start = kept["items/frame_start"]
         self._schemes = _fold_ids_from(self._checksums)
         self._seg_start = self._item_start[self._segments["item"]] + self._segments["offset"]
         self._seg_valid = self._segments["valid"].astype(np.int64)
+
+    def _read_feature_kind(self, stored: int) -> tuple[str, tuple[str, ...]]:
+        """``(kind, channel names)`` of the frames: the root ``feature_kind`` and
+        ``feature_channels`` (a schema 2 store has neither: log-Mel, 3 channels, all it could
+        hold). A kind this serprep does not know, or channels other than the kind's, are refused:
+        reading them as another kind would be a silent wrong result."""
+        name = str(self.attrs.get("feature_kind", UNSTATED_FEATURE_KIND))
+        try:
+            kind = feature_kind(name)
+        except SerprepError as exc:
+            raise StoreError(f"{self.path}: store features are of kind {name!r}: {str(exc).split('; ', 1)[-1]}; "
+                             "read it with a serprep that knows that kind") from None
+        try:
+            channels = tuple(json.loads(self.attrs["feature_channels"])) if "feature_channels" in self.attrs else kind.channels
+        except (ValueError, TypeError) as exc:
+            raise StoreError(f"{self.path}: unreadable feature_channels attribute ({_short(exc)})") from None
+        if channels != kind.channels:
+            raise StoreError(f"{self.path}: store {name} frames have channels {list(channels)}, this serprep's {name} "
+                             f"has {list(kind.channels)}")
+        if stored != len(channels):
+            raise StoreError(f"{self.path}: damaged store: /features holds {stored} channels per frame, "
+                             f"{name} has {len(channels)}")
+        return name, channels
+
+    @property
+    def n_channels(self) -> int:
+        """Channels per frame (:attr:`feature_channels`): the ``C`` of :meth:`read_segments`."""
+        return len(self.feature_channels)
+
+    def _read_dimension_scales(self) -> dict[str, tuple[float, float]]:
+        """The root ``dimensions`` attribute (absent in schema 2: no ratings), checked."""
+        text = self.attrs.get("dimensions")
+        if text is None:
+            return {}
+        try:
+            raw = json.loads(text)
+            if not isinstance(raw, dict):
+                raise ValueError("not a JSON object")
+            unknown = sorted(set(raw) - set(DIMENSIONS))
+            if unknown:
+                raise ValueError(f"unknown dimension {unknown[0]!r}")
+            return {name: _check_scale(name, raw[name]) for name in DIMENSIONS if name in raw}
+        except (ValueError, TypeError, StoreError) as exc:
+            raise StoreError(f"{self.path}: unreadable dimensions attribute ({_short(exc)})") from None
+
+    def _dimension_columns(self, kept: dict[str, Any]) -> dict[str, np.ndarray]:
+        """``/segments/<dimension>`` of each dimension the store has a scale for (and only those:
+        a rating column without its scale cannot be read correctly, so it is refused)."""
+        n = len(self._segments["item"])
+        for name in DIMENSIONS:
+            if f"segments/{name}" in kept and name not in self._scales:
+                raise StoreError(f"{self.path}: damaged store: /segments/{name} has no scale in the dimensions attribute")
+        out = {}
+        for name in self._scales:
+            column = kept.get(f"segments/{name}")
+            if column is None:
+                raise StoreError(f"{self.path}: damaged store: the dimensions attribute names {name} "
+                                 f"but /segments/{name} is missing")
+            if column.dtype != DIMENSION_DTYPE or column.shape != (n,):
+                raise StoreError(f"{self.path}: damaged store: /segments/{name} is {column.dtype} {list(column.shape)}, "
+                                 f"expected float32 [{n}]")
+            out[name] = column
+        return out
 
     # -- identity ---------------------------------------------------------------------------
     def _stat(self) -> FileIdentity:
@@ -871,12 +1053,20 @@ class StoreReader:
         return pd.DataFrame({c: cols[c] for c in order})
 
     def segments(self) -> "pd.DataFrame":
-        """The segment table (row i = segment index i)."""
+        """The segment table (row i = segment index i): :data:`SEGMENT_COLUMNS`, then a float32
+        column per dimensional rating the store has (:meth:`dimension_scales`; NaN = the
+        utterance has no rating; an augmented copy's segments carry its source's ratings)."""
         import pandas as pd
 
-        df = pd.DataFrame({k: v for k, v in self._segments.items()})
+        df = pd.DataFrame({**self._segments, **self._dimensions})
         df["dense"] = df["dense"].astype(bool)
         return df
+
+    def dimension_scales(self) -> dict[str, tuple[float, float]]:
+        """``{dimension: (low, high)}``: the corpus' own scale of each rating column of
+        :meth:`segments`, in :data:`DIMENSIONS` order; empty for a corpus without dimensional
+        ratings and for schema 2 stores."""
+        return dict(self._scales)
 
     def items(self) -> "pd.DataFrame":
         return self._table("items", ITEM_COLUMNS)
@@ -931,6 +1121,24 @@ class StoreReader:
                     counts=meta.get("counts", {}),
                     label=str(meta.get("label", "")))
 
+    def functional_sets(self) -> list[str]:
+        """Names of the functionals sets the store holds (``serprep build --functionals``)."""
+        return sorted({name.split("/")[1] for name in self._checksums
+                       if name.startswith("functionals/") and name.endswith("/values") and name.count("/") == 2})
+
+    def functionals(self, name: str) -> Functionals:
+        """``(utt, names, values)`` of the functionals set ``name`` (checked against their
+        checksums); a one-line :class:`StoreError` when the store has none."""
+        if name not in self.functional_sets():
+            held = ", ".join(self.functional_sets())
+            raise StoreError(f"{self.path}: store has no {name!r} functionals "
+                             + (f"(it has {held})" if held else f"(build it with serprep build ... --functionals {name})"))
+        group = f"functionals/{name}"
+        with self._reopen() as f:
+            arrays = {key: self._verified(f, f"{group}/{key}") for key in FUNCTIONALS_ARRAYS}
+        return Functionals(utt=arrays["utt"].astype(np.int64), names=[str(v) for v in arrays["names"].tolist()],
+                           values=arrays["values"].astype(np.float32))
+
     # -- data -------------------------------------------------------------------------------
     def _features(self) -> h5py.Dataset:
         if self._handle is None or self._pid != os.getpid():
@@ -946,7 +1154,8 @@ class StoreReader:
         return self._handle["features"]
 
     def read_segments(self, indices: Iterable[int] | np.ndarray, max_gap: int = 64) -> tuple[np.ndarray, np.ndarray]:
-        """Segments ``indices`` as ``(x [B, 3, frames, n_mels] float32, valid [B] int64)``.
+        """Segments ``indices`` as ``(x [B, C, frames, n_mels] float32, valid [B] int64)``
+        (``C`` = :attr:`n_channels`, 3 for log-Mel).
 
         Output order follows ``indices``. Reads go in ascending file order, and segments whose
         frame ranges overlap or lie within ``max_gap`` frames are served by one contiguous
@@ -958,7 +1167,7 @@ class StoreReader:
             raise StoreError(f"{self.path}: segment index out of range 0..{self.n_segments - 1}")
         self.check_identity()
         frames, n_mels = self.segment_config.frames, self.feature_config.n_mels
-        out = np.zeros((idx.size, FEATURE_CHANNELS, frames, n_mels), dtype=np.float32)
+        out = np.zeros((idx.size, self.n_channels, frames, n_mels), dtype=np.float32)
         valid = self._seg_valid[idx]
         starts = self._seg_start[idx]
         ends = starts + valid
@@ -1048,9 +1257,10 @@ def _open_store(path: Path) -> Iterator[h5py.File]:
             raise StoreError(f"{path}: damaged store: unreadable root attributes ({_short(exc)})") from None
         if fmt != FORMAT:
             raise StoreError(f"{path}: not a serprep store (format attribute is {fmt!r})")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_SCHEMA_VERSIONS:
             raise StoreError(
-                f"{path}: store schema version {version}, this serprep reads version {SCHEMA_VERSION} "
+                f"{path}: store schema version {version}, this serprep reads versions "
+                f"{' and '.join(map(str, READABLE_SCHEMA_VERSIONS))} "
                 f"(version 2 added checksums over every attribute); rebuild the store with this serprep ({__version__})"
             )
         try:

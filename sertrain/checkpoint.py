@@ -54,7 +54,7 @@ from serprep.config import FeatureConfig, SegmentConfig
 
 from .config import Config, DataConfig, LossConfig, ModelConfig, TrainConfig
 from .errors import InputError
-from .model import InputSpec, SERModel, build_model
+from .model import TRAINABLE_CHANNELS, InputSpec, SERModel, build_model
 from .tasks import default_weights
 
 FORMAT = "sertrain-checkpoint"
@@ -90,7 +90,7 @@ class Checkpoint:
     store_corpus: str
     scheme: str
     fold: int
-    norm_mean: torch.Tensor  # float32 [3, n_mels]
+    norm_mean: torch.Tensor  # float32 [3, n_mels]: TRAINABLE_CHANNELS (log-Mel) x mel bands
     norm_std: torch.Tensor
     epoch: int = 0  # epochs completed
     best_epoch: int = 0
@@ -112,7 +112,7 @@ class Checkpoint:
         fc = json.loads(self.feature_config_json)
         sc = json.loads(self.segment_config_json)
         return InputSpec(
-            n_mels=int(fc["n_mels"]), frames=int(sc["frames"]), channels=3,
+            n_mels=int(fc["n_mels"]), frames=int(sc["frames"]), channels=TRAINABLE_CHANNELS,
             feature_config_json=json.dumps(fc, sort_keys=True), hop=int(sc["hop"]),
         )
 
@@ -358,18 +358,19 @@ def checkpoint_from_payload(payload: Any, where: str) -> Checkpoint:
     if data["scheme"] != cfg.data.scheme:
         raise bad(f"scheme {data['scheme']!r} differs from its config's data.scheme {cfg.data.scheme!r}")
 
-    # Normalisation statistics: one value per channel and mel band.
-    n_mels = int(fc["n_mels"])
+    # Normalisation statistics: one value per channel and mel band. A checkpoint records no
+    # feature kind: sertrain trains on log-Mel stores only (model.TRAINABLE_FEATURE_KIND).
+    n_mels, c = int(fc["n_mels"]), TRAINABLE_CHANNELS
     for name in ("norm_mean", "norm_std"):
         t = data[name]
         if not isinstance(t, torch.Tensor):
-            raise bad(f"{name} is {_show(t)}; expected a float32 tensor [3, {n_mels}]")
+            raise bad(f"{name} is {_show(t)}; expected a float32 tensor [{c}, {n_mels}]")
         if t.dtype != torch.float32:
             raise bad(f"{name} is {_dtype(t)}; expected float32")
-        if list(t.shape) != [3, n_mels]:
+        if list(t.shape) != [c, n_mels]:
             raise bad(
-                f"{name} has shape {list(t.shape)}; expected [3, {n_mels}] "
-                f"(3 channels x the {n_mels} mel bands of its feature config)"
+                f"{name} has shape {list(t.shape)}; expected [{c}, {n_mels}] "
+                f"({c} channels x the {n_mels} mel bands of its feature config)"
             )
         if not bool(torch.isfinite(t).all()):
             raise bad(f"{name} holds non-finite values")

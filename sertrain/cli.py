@@ -1,4 +1,4 @@
-"""The ``sertrain`` command: cv, cross, train, evaluate, compare, report, predict.
+"""The ``sertrain`` command: cv, baseline, cross, train, evaluate, compare, report, predict.
 
 Errors the user can act on (missing file, store without folds, fold out of range,
 incompatible store, bad config value) print one line ``error: ...`` on stderr and exit
@@ -274,6 +274,7 @@ def main() -> None:
 
     \b
       sertrain cv feats.h5 --out runs/iemocap          # all folds, mean ± std table
+      sertrain baseline feats.h5 --out runs/baseline   # eGeMAPS + linear SVM on the same folds
       sertrain cv feats.h5 --protocol iemocap-5531 --out runs/p   # a published protocol
       sertrain cross --train iemocap.h5 --test msp.h5 --out runs/x  # cross-corpus
       sertrain compare runs/A runs/B                   # paired difference, CI, p-value
@@ -316,11 +317,15 @@ _TENSORBOARD_OPTION = click.option(
 @click.option("--devices", "devices_text", metavar="LIST", default=None,
               help="Train runs side by side on these GPUs, one run per listed device at a time (e.g. 0,1,2,3; "
                    "list a device twice to run two on it).")
+@click.option("--baseline", "baseline_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              metavar="DIR", help="A `sertrain baseline` folder of the same store and scheme: print (and write to "
+                                  "OUT/baseline_comparison.txt) its row beside the model's, with the paired Δ UA "
+                                  "where the runs compare (one seed, 0, like the baseline's).")
 @_config_options
 @_handle_errors
 def cv(store: Path, out_dir: Path, protocol_name: str | None, n_seeds: int | None, folds_text: str | None,
        aux_text: str | None, n_resamples: int, tensorboard: Path | None, no_report: bool, n_parallel: int | None,
-       devices_text: str | None, **kwargs: Any) -> None:
+       devices_text: str | None, baseline_dir: Path | None, **kwargs: Any) -> None:
     """Cross-validate: train every fold (× seed), test each selected checkpoint.
 
     Prints the per-fold table (mean ± sample std over seeds), the summary over all runs, the
@@ -351,10 +356,32 @@ def cv(store: Path, out_dir: Path, protocol_name: str | None, n_seeds: int | Non
     if devs and _rank() == 0:
         click.echo(f"note: this run deviates from protocol {protocol.name}: {deviation_text(devs, list(overrides))} "
                    "(recorded in every result file)", err=True)
-    run_cv(source, cfg, out_dir, folds=folds, aux_settings=aux_settings, seeds=seeds,
-           provenance=provenance(protocol, devs), device=str(device), resume=kwargs["resume"], overrides=overrides,
-           log=_logger(kwargs["quiet"]), report=_echo, tensorboard=tensorboard,
-           n_resamples=n_resamples, html=not no_report, slots=slots, worker_threads=kwargs.get("threads"))
+    if baseline_dir is not None:  # refused before any training, not after
+        _check_baseline(baseline_dir, store, cfg.data.scheme)
+    result = run_cv(source, cfg, out_dir, folds=folds, aux_settings=aux_settings, seeds=seeds,
+                    provenance=provenance(protocol, devs), device=str(device), resume=kwargs["resume"],
+                    overrides=overrides, log=_logger(kwargs["quiet"]), report=_echo, tensorboard=tensorboard,
+                    n_resamples=n_resamples, html=not no_report, slots=slots, worker_threads=kwargs.get("threads"))
+    if baseline_dir is not None and _rank() == 0:
+        from .baseline import baseline_comparison
+
+        dirs = {aux: out_dir if len(result.results) == 1 else out_dir / aux for aux in result.results}
+        table = baseline_comparison(dirs, result.results, baseline_dir, n_resamples)
+        (out_dir / "baseline_comparison.txt").write_text(table + "\n")
+        _echo("\nmodel vs the eGeMAPS baseline (test, %; mean ± sample std over runs)")
+        _echo(table)
+
+
+def _check_baseline(baseline_dir: Path, store: Path, scheme: str) -> None:
+    """Refuse a ``--baseline`` folder that is not a baseline of this store and scheme."""
+    from .baseline import check_baseline_for, load_baseline
+    from .data import open_store
+
+    reader = open_store(store)
+    try:
+        check_baseline_for(load_baseline(baseline_dir), baseline_dir, reader.content_sha256, scheme)
+    finally:
+        reader.close()
 
 
 def _cv_slots(n_parallel: int | None, devices_text: str | None, device: Any) -> list[str] | None:
@@ -376,6 +403,51 @@ def _cv_slots(n_parallel: int | None, devices_text: str | None, device: Any) -> 
         raise InputError("--parallel K runs CPU processes; on CUDA name the GPUs with --devices (e.g. --devices 0,1)")
     slots = parallel.cpu_slots(int(n_parallel or 0))
     return slots if len(slots) > 1 else None
+
+
+@main.command()
+@click.argument("store", type=click.Path(path_type=Path))  # a directory: one error line, from the reader
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder (default: STORE's folder / <store name>-baseline).")
+@click.option("--scheme", default="loso", show_default=True, help="Fold scheme of the store (as cv's --scheme).")
+@click.option("--folds", "folds_text", metavar="LIST", default=None,
+              help="Comma list of fold numbers to run (default: all folds of the scheme).")
+@click.option("--model", type=click.Choice(["svm", "logreg"]), default="svm", show_default=True,
+              help="svm: linear SVM (LinearSVC); logreg: logistic regression. Classes weighted to balance.")
+@click.option("--c-grid", "c_grid_text", metavar="LIST", default=None,
+              help="Comma list of C values tried on the validation speakers (default 1e-4,1e-3,...,1e1).")
+@click.option("--bootstrap", "n_resamples", type=click.IntRange(min=1000), default=1000, show_default=True,
+              metavar="N", help="Bootstrap resamples of the confidence intervals (seeded).")
+@_handle_errors
+def baseline(store: Path, out_dir: Path | None, scheme: str, folds_text: str | None, model: str,
+             c_grid_text: str | None, n_resamples: int) -> None:
+    """The classical baseline on the folds of `sertrain cv`: eGeMAPS functionals and a linear classifier.
+
+    Needs a store built with `serprep build ... --functionals egemaps`. Per fold: the functionals
+    are standardised with the mean and std of the training speakers' utterances, a linear SVM (or
+    logistic regression) is fitted on them for each C of the grid, the C with the best UA on the
+    validation speakers is kept, and that model is tested on the test speakers. Prints the table
+    of `sertrain cv` (per-fold WA/UA/F1, mean ± std, pooled, bootstrap intervals; the last column
+    is the chosen C) and writes metrics.json, predictions.csv, table.txt and confusion.png to OUT.
+    `sertrain cv ... --baseline OUT` shows it beside the model.
+    """
+    from .baseline import C_GRID, run_baseline
+
+    grid = C_GRID if not c_grid_text else _parse_grid(c_grid_text)
+    out = out_dir if out_dir is not None else store.parent / f"{store.stem}-baseline"
+    run_baseline(store, out, scheme=scheme, folds=_parse_folds(folds_text), model=model, grid=grid,
+                 n_resamples=n_resamples, report=_echo)
+    click.echo(f"results: {out}/metrics.json, predictions.csv, table.txt, confusion.png")
+
+
+def _parse_grid(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"--c-grid expects a comma list of numbers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise InputError(f"--c-grid expects positive numbers, got {text!r}")
+    return values
 
 
 @main.command()

@@ -145,6 +145,10 @@ def check_stores(train: Sequence[StoreEntry], test: Sequence[StoreEntry]) -> Non
             raise InputError(
                 f"{e.name}: emotion classes {', '.join(classes)} are not the shared 4-class space "
                 f"{', '.join(SHARED_CLASSES)} (build the store with --classes 4class, or 4class-merged for IEMOCAP)")
+        if (e.reader.feature_kind, e.reader.feature_channels) != (ref.reader.feature_kind, ref.reader.feature_channels):
+            raise InputError(f"{e.name}: features are {e.reader.feature_kind} {list(e.reader.feature_channels)}, "
+                             f"{ref.name}'s {ref.reader.feature_kind} {list(ref.reader.feature_channels)}; "
+                             "every store of a cross run needs the same")
         for what, ours, theirs in (("feature config", e.reader.feature_config.to_dict(), ref_features),
                                    ("segment config", e.reader.segment_config.to_dict(), ref_segments)):
             diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
@@ -225,6 +229,7 @@ class StoreUnion:
         self.path = name or " + ".join(str(getattr(r, "path", lab)) for r, lab in zip(readers, labels))
         first = self.readers[0]
         self.feature_config = first.feature_config
+        self.feature_kind, self.feature_channels = first.feature_kind, first.feature_channels
         self.segment_config = first.segment_config
         self._emotion = list(first.vocab("emotion"))
         self._gender = list(first.vocab("gender"))
@@ -335,11 +340,11 @@ class StoreUnion:
         return store, idx - self.segment_offsets[store]
 
     def read_segments(self, indices: np.ndarray | Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """``(x [B, 3, frames, n_mels] float32, valid [B] int64)`` in the order of ``indices``:
+        """``(x [B, C, frames, n_mels] float32, valid [B] int64)`` in the order of ``indices``:
         one ``read_segments`` call per store that holds some of them."""
         store, local = self.locate(indices)
         frames, n_mels = self.segment_config.frames, self.feature_config.n_mels
-        x = np.zeros((len(store), 3, frames, n_mels), dtype=np.float32)
+        x = np.zeros((len(store), len(self.feature_channels), frames, n_mels), dtype=np.float32)
         valid = np.zeros(len(store), dtype=np.int64)
         for s in np.unique(store):
             pos = np.flatnonzero(store == s)
@@ -413,9 +418,9 @@ def segment_statistics(reader: Any, segment_ids: np.ndarray | Sequence[int],
     per segment that holds it: the definition of a store's fold statistics (float64 sums;
     ``std = sqrt(max(E[x^2] - mean^2, 1e-12))``). Reads through ``reader.read_segments``."""
     ids = np.sort(np.asarray(segment_ids, dtype=np.int64))
-    n_mels = reader.feature_config.n_mels
-    total = np.zeros((3, n_mels), dtype=np.float64)
-    total_sq = np.zeros((3, n_mels), dtype=np.float64)
+    shape = (len(reader.feature_channels), reader.feature_config.n_mels)
+    total = np.zeros(shape, dtype=np.float64)
+    total_sq = np.zeros(shape, dtype=np.float64)
     frames = 0
     for start in range(0, len(ids), batch):
         x, valid = reader.read_segments(ids[start : start + batch])

@@ -26,9 +26,18 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from serprep.features import feature_kind
+
 from .config import ModelConfig
 from .errors import InputError
 from .tasks import TASKS, head_sizes
+
+#: The feature kind sertrain trains on (a name of ``serprep.features.FEATURE_KINDS``). Prediction
+#: computes log-Mel from audio and a checkpoint records no kind, so any other kind is refused
+#: when a store is opened for training or evaluation (:meth:`InputSpec.from_reader`).
+TRAINABLE_FEATURE_KIND = "logmel"
+#: Its channels per frame (static, delta, delta-delta): what every checkpoint's model takes.
+TRAINABLE_CHANNELS = len(feature_kind(TRAINABLE_FEATURE_KIND).channels)
 
 
 @dataclass(frozen=True)
@@ -37,7 +46,7 @@ class InputSpec:
 
     n_mels: int
     frames: int
-    channels: int = 3
+    channels: int = TRAINABLE_CHANNELS
     #: The store's full FeatureConfig as canonical JSON (sorted keys) for exact comparison.
     feature_config_json: str = ""
     #: Base hop between the store's windows (0 = unknown, not compared). The model does not
@@ -47,11 +56,18 @@ class InputSpec:
 
     @classmethod
     def from_reader(cls, reader: Any) -> "InputSpec":
+        """The spec of a store's segments (a ``StoreReader`` or a union of them): channels from
+        the store's feature kind (serprep reads a schema 2 store, which has none, as log-Mel);
+        a kind sertrain does not train on is refused in one line."""
+        kind, channels = str(reader.feature_kind), tuple(reader.feature_channels)
+        if kind != TRAINABLE_FEATURE_KIND:
+            raise InputError(f"{getattr(reader, 'path', 'store')}: store features are of kind {kind!r} "
+                             f"({len(channels)} channels); sertrain trains on {TRAINABLE_FEATURE_KIND} stores only")
         fc = reader.feature_config
         return cls(
             n_mels=int(fc.n_mels),
             frames=int(reader.segment_config.frames),
-            channels=3,
+            channels=len(channels),
             feature_config_json=json.dumps(fc.to_dict(), sort_keys=True),
             hop=int(reader.segment_config.hop),
         )
@@ -59,6 +75,10 @@ class InputSpec:
 
 def check_input_spec(built_for: InputSpec, store: InputSpec, store_name: str) -> None:
     """Refuse features a model was not built for, naming the first mismatch in one line."""
+    if built_for.channels != store.channels:
+        raise InputError(
+            f"{store_name}: store has {store.channels} channels per frame but the model was built for {built_for.channels}"
+        )
     if built_for.n_mels != store.n_mels:
         raise InputError(
             f"{store_name}: store has n_mels {store.n_mels} but the model was built for {built_for.n_mels}"

@@ -48,22 +48,24 @@ def run_table(rows: Sequence[dict[str, Any]]) -> str:
     return render(head, body)
 
 
-def cv_table(results: dict[str, Any]) -> str:
+def cv_table(results: dict[str, Any], selected_title: str = "best ep", selected: dict[int, str] | None = None) -> str:
     """Per-fold rows (mean ± sample std over seeds), the summary row over all runs and the
-    pooled row, then the sentence that says what the summary is."""
+    pooled row, then the sentence that says what the summary is. The last column is each
+    fold's selected epochs, or ``selected[fold]`` under ``selected_title`` (the baseline's C)."""
     folds = results["per_fold"]
     summary = results["summary"]
     genders = sorted(k[3:] for k in summary if k.startswith("ua_") and isinstance(summary[k], dict))
     dims = _dimension_columns(summary)
     several = summary["n_seeds"] > 1
     head = ["fold", "test speakers", "utts", *(["seeds"] if several else []),
-            *[c for c, _ in _METRICS], *[f"UA {g}" for g in genders], *[c for c, _ in dims], "best ep"]
+            *[c for c, _ in _METRICS], *[f"UA {g}" for g in genders], *[c for c, _ in dims], selected_title]
     body = []
     for f in folds:
         body.append([
             str(f["fold"]), ",".join(f["test_speakers"]) or "-", str(f["n"]), *([str(f["runs"])] if several else []),
             *[pct_pm(f.get(k)) for _, k in _METRICS], *[pct_pm(f.get(f"ua_{g}")) for g in genders],
-            *[num_pm(f.get(k)) for _, k in dims], ",".join(str(e) for e in f["best_epochs"]),
+            *[num_pm(f.get(k)) for _, k in dims],
+            selected[f["fold"]] if selected is not None else ",".join(str(e) for e in f["best_epochs"]),
         ])
     pooled = summary["pooled"]
     body.append([
@@ -121,7 +123,8 @@ def num_pm(stats: dict[str, Any] | None) -> str:
     return f"{stats['mean']:.3f}" + (f" ± {stats['std']:.3f}" if stats.get("std") is not None else "")
 
 
-def comparison_table(settings: dict[str, dict[str, Any]], baseline: str | None = None) -> str:
+def comparison_table(settings: dict[str, dict[str, Any]], baseline: str | None = None,
+                     name_title: str = "aux tasks") -> str:
     """One row per auxiliary-task setting: mean ± std over runs, and the paired difference in
     pooled UA to ``baseline`` with its 95 % bootstrap interval and permutation p-value.
 
@@ -134,7 +137,7 @@ def comparison_table(settings: dict[str, dict[str, Any]], baseline: str | None =
     # CCC of each rated dimension any setting trained (settings without it show "-").
     ccc_cols = [(c, k) for c, k in dict.fromkeys(col for r in settings.values()
                                                   for col in _dimension_columns(r["summary"])) if k.startswith("ccc_")]
-    head = ["aux tasks", "runs", "UA", "WA", "F1", *[f"UA {g}" for g in all_genders], *[c for c, _ in ccc_cols],
+    head = [name_title, "runs", "UA", "WA", "F1", *[f"UA {g}" for g in all_genders], *[c for c, _ in ccc_cols],
             *([delta_head, "p"] if delta_head else [])]
     body = []
     for name, res in settings.items():

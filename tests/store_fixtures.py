@@ -38,3 +38,27 @@ def assert_same_store(expected: Path, actual: Path) -> None:
     assert a[1] == b[1]
     np.testing.assert_array_equal(a[2], b[2])
     assert verify(actual) == []
+
+
+def downgrade_to_schema_2(path: Path) -> None:
+    """Rewrite a store in place as serprep 0.5 (schema 2) wrote it: no rating columns, no
+    ``dimensions``, ``feature_kind`` or ``feature_channels`` attributes; checksums and content
+    id recomputed, so the result is a valid schema 2 store."""
+    import json
+
+    import h5py
+
+    from serprep.store import DIMENSIONS, root_digest
+
+    with h5py.File(path, "r+") as f:
+        checksums = json.loads(f.attrs["checksums"])
+        for name in DIMENSIONS:
+            if f"segments/{name}" in f:
+                del f[f"segments/{name}"]
+                del checksums[f"segments/{name}"]
+        for key in ("dimensions", "feature_kind", "feature_channels"):
+            if key in f.attrs:
+                del f.attrs[key]
+        f.attrs["schema_version"] = 2
+        f.attrs["checksums"] = json.dumps(checksums, sort_keys=True)
+        f.attrs["attrs_sha256"] = root_digest(f.attrs)

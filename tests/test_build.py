@@ -14,8 +14,9 @@ from serprep.config import FeatureConfig
 from serprep.errors import SerprepError
 from serprep.features import logmel_3ch
 from serprep.segments import segment_offsets
-from serprep.store import StoreReader, verify
-from store_fixtures import build
+from serprep.errors import StoreError
+from serprep.store import SCHEMA_VERSION, StoreReader, verify
+from store_fixtures import build, downgrade_to_schema_2
 
 MERGED = {"ang": "ang", "hap": "hap", "exc": "hap", "neu": "neu", "sad": "sad"}
 
@@ -129,7 +130,7 @@ def test_folds_are_speaker_independent_and_cover_all_speakers(iemocap_store):
 def test_store_records_config_versions_and_checksums(iemocap_store):
     out, _, _ = iemocap_store
     with h5py.File(out, "r") as f:
-        assert f.attrs["format"] == "serprep-store" and f.attrs["schema_version"] == 2
+        assert f.attrs["format"] == "serprep-store" and f.attrs["schema_version"] == SCHEMA_VERSION == 3
         assert json.loads(f.attrs["feature_config"])["n_mels"] == 40
         versions = json.loads(f.attrs["versions"])
         assert {"serprep", "librosa", "h5py", "numpy"} <= set(versions)
@@ -259,3 +260,158 @@ def test_a_fold_whose_test_speaker_failed_entirely_is_dropped_with_a_note(iemoca
     assert any("loso-speaker fold 4: no test utterance was extracted (every one of Ses02M failed); dropped" in n
                for n in summary.fold_notes)
     assert any("Ses02M failed" in n for n in r.build["fold_notes"])
+
+
+# --------------------------------------------------------------------------------------------
+# Dimensional ratings
+# --------------------------------------------------------------------------------------------
+VAD_1_5 = {"arousal": (1.0, 5.0), "valence": (1.0, 5.0), "dominance": (1.0, 5.0)}
+
+
+def _assert_segments_carry_manifest_ratings(r: StoreReader) -> None:
+    """Each segment's rating columns equal its utterance's manifest value (as float32, NaN kept)."""
+    seg, man = r.segments(), r.manifest()
+    assert list(seg.columns[-len(r.dimension_scales()):]) == list(r.dimension_scales())
+    for name in r.dimension_scales():
+        assert seg[name].dtype == np.float32
+        expected = man[name].to_numpy(np.float64)[seg["utt"].to_numpy()].astype(np.float32)
+        np.testing.assert_array_equal(seg[name].to_numpy(), expected)  # NaN == NaN here
+
+
+def test_iemocap_ratings_reach_every_segment_on_their_scale(iemocap_store, iemocap_root):
+    out, _, truth = iemocap_store
+    r = StoreReader(out)
+    assert r.dimension_scales() == VAD_1_5
+    _assert_segments_carry_manifest_ratings(r)
+    # ... and the manifest's are the rater averages of the label files (fractional, unscaled).
+    by_id = {d["utt_id"]: d for d in truth}
+    seg, man = r.segments(), r.manifest()
+    for utt in np.unique(seg["utt"].to_numpy())[:10]:
+        row = seg[seg["utt"] == utt].iloc[0]
+        d = by_id[man["utt_id"][utt]]
+        assert (row.valence, row.arousal, row.dominance) == pytest.approx((d["valence"], d["arousal"], d["dominance"]))
+    assert (seg["arousal"] % 1 != 0).any()  # averages, not rounded
+    with h5py.File(out, "r") as f:
+        assert json.loads(f.attrs["dimensions"]) == {k: list(v) for k, v in VAD_1_5.items()}
+
+
+def test_msp_improv_keeps_missing_ratings_as_nan(msp_root, tmp_path):
+    root, truth = msp_root
+    out = tmp_path / "msp.h5"
+    build("msp-improv", root, out)
+    r = StoreReader(out)
+    assert r.dimension_scales() == VAD_1_5  # naturalness stays a manifest extra
+    seg, man = r.segments(), r.manifest()
+    assert "naturalness" in man.columns and "naturalness" not in seg.columns
+    _assert_segments_carry_manifest_ratings(r)
+    by_id = {d["utt_id"]: d for d in truth}
+    missing = [u for u in np.unique(seg["utt"].to_numpy()) if np.isnan(by_id[man["utt_id"][u]]["dominance"])]
+    assert missing, "fixture must hold an extracted utterance without a dominance rating"
+    rows = seg[seg["utt"].isin(missing)]
+    assert rows["dominance"].isna().all() and rows["arousal"].notna().all()
+    assert seg["dominance"].notna().any()
+
+
+def test_msp_podcast_scale_is_1_to_7_and_a_corpus_without_ratings_has_none():
+    from serprep.assemble import dimension_scales
+
+    assert dimension_scales("msp-podcast") == {k: (1.0, 7.0) for k in VAD_1_5}
+    assert dimension_scales("iemocap") == VAD_1_5
+    assert dimension_scales("emodb") == {} and dimension_scales("crema-d") == {}
+
+
+def test_augmented_copies_carry_their_source_ratings(iemocap_root, tmp_path):
+    root, _ = iemocap_root
+    out = tmp_path / "aug.h5"
+    summary = build("iemocap", root, out, augment="default", copies=1)
+    assert summary.n_items > summary.n_extracted
+    r = StoreReader(out)
+    seg = r.segments()
+    assert (seg["copy"] > 0).sum() > 0
+    _assert_segments_carry_manifest_ratings(r)
+    per_utt = seg[seg["copy"] == 0].groupby("utt")["arousal"].first()
+    copies = seg[seg["copy"] > 0]
+    np.testing.assert_array_equal(copies["arousal"].to_numpy(), per_utt[copies["utt"]].to_numpy())
+
+
+def test_a_schema_2_store_opens_without_ratings(iemocap_store, tmp_path):
+    out, _, _ = iemocap_store
+    old = tmp_path / "v2.h5"
+    shutil.copy(out, old)
+    downgrade_to_schema_2(old)
+    assert verify(old) == []
+    r = StoreReader(old)
+    assert r.attrs["schema_version"] == 2 and r.dimension_scales() == {}
+    seg = r.segments()
+    assert not {"arousal", "valence", "dominance"} & set(seg.columns) and len(seg) == StoreReader(out).n_segments
+    np.testing.assert_array_equal(r.read_segments([0, 3])[0], StoreReader(out).read_segments([0, 3])[0])
+
+
+def test_checksums_cover_the_ratings_and_their_scales(iemocap_store, tmp_path):
+    out, _, _ = iemocap_store
+    rating, scale = tmp_path / "rating.h5", tmp_path / "scale.h5"
+    shutil.copy(out, rating)
+    shutil.copy(out, scale)
+    with h5py.File(rating, "r+") as f:
+        f["segments/arousal"][0] += 1.0
+    with pytest.raises(StoreError, match="dataset /segments/arousal checksum mismatch"):
+        StoreReader(rating)
+    assert any("/segments/arousal checksum mismatch" in p for p in verify(rating))
+    with h5py.File(scale, "r+") as f:
+        f.attrs["dimensions"] = json.dumps({k: [1.0, 7.0] for k in VAD_1_5})
+    with pytest.raises(StoreError, match="root attributes"):
+        StoreReader(scale)
+
+
+def test_info_shows_the_ratings_and_their_scale(iemocap_store):
+    from serprep.info import format_summary, store_summary
+
+    out, _, _ = iemocap_store
+    s = store_summary(out)
+    assert list(s["dimensions"]) == ["arousal", "valence", "dominance"]
+    assert s["dimensions"]["arousal"]["scale"] == [1.0, 5.0]
+    assert s["dimensions"]["arousal"]["rated"] == s["utterances"]["extracted"]
+    assert "  dimensions    arousal 1-5 (" in format_summary(s)
+    assert "  features      logmel 40 x 3 channels (static, delta, delta-delta), 16000 Hz" in format_summary(s)
+
+
+# --------------------------------------------------------------------------------------------
+# Feature kind
+# --------------------------------------------------------------------------------------------
+#: The /features checksum of a default build of the demo corpus (hours 0.01, seed 0), as serprep
+#: 0.5.0 wrote it before feature kinds existed (commit 1cb8f75, measured on this project's
+#: machine). The kind registry must leave the log-Mel frames unchanged bit for bit. (FFT
+#: rounding could differ on another CPU; a mismatch there means re-measuring at 1cb8f75 first.)
+DEMO_FEATURES_SHA256 = {
+    "iemocap": "0d9e353f777cd946d4e1da131a44bbf6098330837cfe7bf7a4cae23a2005ee0b",
+    "msp-improv": "9bd56d1fbe4fd0bea61056ad2d766d27db602ba26b6bf285a31fe9f8a7d5c675",
+}
+
+
+@pytest.mark.parametrize("corpus, layout, folder", [("iemocap", "iemocap", "IEMOCAP_full_release"),
+                                                     ("msp-improv", "msp-improv", "MSP-IMPROV")])
+def test_logmel_features_are_unchanged_by_the_kind_registry(corpus, layout, folder, tmp_path):
+    from serprep.demo import write_demo_corpus
+
+    write_demo_corpus(tmp_path / folder, hours=0.01, seed=0, layout=layout)
+    out = tmp_path / "demo.h5"
+    build(corpus, tmp_path / folder, out)
+    with h5py.File(out, "r") as f:
+        assert json.loads(f.attrs["checksums"])["features"] == DEMO_FEATURES_SHA256[corpus]
+        assert f.attrs["feature_kind"] == "logmel" and f["features"].shape[1:] == (3, 40)
+    assert verify(out) == []
+
+
+def test_a_schema_2_store_reads_as_3_channel_logmel_in_sertrain(iemocap_store, tmp_path):
+    from sertrain.model import InputSpec
+
+    out, _, _ = iemocap_store
+    old = tmp_path / "v2.h5"
+    shutil.copy(out, old)
+    downgrade_to_schema_2(old)
+    with h5py.File(old, "r") as f:
+        assert "feature_kind" not in f.attrs and "feature_channels" not in f.attrs
+    r = StoreReader(old)
+    assert (r.feature_kind, r.feature_channels) == ("logmel", ("static", "delta", "delta-delta"))
+    assert InputSpec.from_reader(r) == InputSpec.from_reader(StoreReader(out))
+    assert InputSpec.from_reader(r).channels == 3

@@ -228,3 +228,15 @@ def test_task_timeout_applies_to_dask_blocks(cluster, iemocap_root, tmp_path):
 def test_serprep_help_does_not_import_dask():
     code = "import sys, serprep.cli; assert not {'dask', 'distributed'} & set(sys.modules), 'imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_build_with_functionals_on_the_cluster_is_the_local_store(cluster, iemocap_root, tmp_path):
+    c, _ = cluster
+    root, _ = iemocap_root
+    local, remote = tmp_path / "local.h5", tmp_path / "dask.h5"
+    build("iemocap", root, local, jobs=1, block_seconds=BLOCK_SECONDS, functionals="egemaps")
+    build("iemocap", root, remote, backend="dask", scheduler=c.scheduler_address, block_seconds=BLOCK_SECONDS,
+          functionals="egemaps")
+    _assert_same_store(local, remote)
+    with h5py.File(remote, "r") as f:
+        assert f["functionals/egemaps/values"].shape == (len(f["functionals/egemaps/utt"]), 88)

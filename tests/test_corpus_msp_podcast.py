@@ -355,3 +355,14 @@ def test_100k_rows_one_pass_without_touching_each_wav(tmp_path, monkeypatch):
     assert 0 < sum(calls.values()) < 20, calls  # the label table and two folders, never a wav
     assert seconds < 8.0, seconds  # ~0.6 s on one core of a 2-core machine
     assert math.isnan(listing.utterances[0].extras["dominance"])
+
+
+def test_ratings_reach_the_segments_on_the_1_to_7_scale(stores):
+    r = StoreReader(stores["4class"][0])
+    assert r.dimension_scales() == {name: (1.0, 7.0) for name in ("arousal", "valence", "dominance")}
+    seg, man = r.segments(), r.manifest()
+    for name in ("arousal", "valence", "dominance"):
+        expected = man[name].to_numpy(np.float64)[seg["utt"].to_numpy()].astype(np.float32)
+        np.testing.assert_array_equal(seg[name].to_numpy(), expected)  # NaN where the table has none
+        rated = seg[name].dropna()
+        assert len(rated) and rated.between(1, 7).all()

@@ -387,6 +387,33 @@ def test_msp_layout_builds_a_4class_store(msp_corpus: tuple[Path, dict], tmp_pat
     expected = {(s, to4[c]): k for s, cs in summary["speaker_emotions"].items() for c, k in cs.items() if c in to4}
     assert Counter(zip(labelled["speaker"], labelled["emotion"])) == Counter(expected)
     assert reader.fold_ids("loso") == [1, 2, 3, 4, 5, 6]
+    _assert_ratings_follow_the_class(reader)
+
+
+def _assert_ratings_follow_the_class(reader) -> None:
+    """The demo's ratings reach the store's segments on the 1-5 scale and depend on the class
+    as _VAD_MEANS says (anger most aroused, sadness least; happiness most positive), so
+    dimensional tasks are learnable from it."""
+    assert reader.dimension_scales() == {name: (1.0, 5.0) for name in ("arousal", "valence", "dominance")}
+    seg = reader.segments()
+    original = seg[(seg["copy"] == 0) & (seg["emotion"] >= 0)]
+    assert original[["arousal", "valence", "dominance"]].notna().all().all()
+    assert original["arousal"].between(1, 5).all()
+    mean = original.groupby("emotion")[["arousal", "valence"]].mean()
+    mean.index = [reader.vocab("emotion")[k] for k in mean.index]
+    assert mean.loc["ang", "arousal"] > mean.loc["neu", "arousal"] > mean.loc["sad", "arousal"]
+    assert mean.loc["ang", "arousal"] - mean.loc["sad", "arousal"] > 0.8
+    assert mean.loc["hap", "valence"] > mean.loc["neu", "valence"] > mean.loc["ang", "valence"]
+
+
+def test_iemocap_layout_ratings_reach_the_store(corpus: tuple[Path, dict], tmp_path: Path) -> None:
+    from serprep.store import StoreReader
+    from store_fixtures import build
+
+    root, _ = corpus
+    out = tmp_path / "demo.h5"
+    build("iemocap", root, out)
+    _assert_ratings_follow_the_class(StoreReader(out))
 
 
 def test_demo_corpus_command_layout_option(tmp_path: Path) -> None:

@@ -121,3 +121,32 @@ def test_a_batch_of_signals_gives_each_signals_own_features(center):
         np.testing.assert_allclose(frames, extractor(cfg).frames_many([y])[0], atol=1e-5, rtol=0)
         if frames.shape[0] >= cfg.delta_width:  # librosa.feature.delta needs a full window
             np.testing.assert_allclose(frames.transpose(1, 0, 2), reference(y, cfg), atol=1e-4, rtol=0)
+
+
+def test_logmel_is_the_first_registered_kind_and_its_extractor_is_unchanged():
+    """The registry's log-Mel extractor is LogMelExtractor itself: same class, same output bit
+    for bit as the direct extractor (the store's features must not change with the registry)."""
+    from serprep.features import FEATURE_KINDS, LogMelExtractor, make_extractor
+
+    assert list(FEATURE_KINDS)[0] == "logmel"
+    assert FEATURE_KINDS["logmel"].channels == ("static", "delta", "delta-delta")
+    cfg = FeatureConfig()
+    ext = make_extractor("logmel", cfg)
+    assert type(ext) is LogMelExtractor and ext.kind == "logmel" and ext.channels == FEATURE_KINDS["logmel"].channels
+    signals = [speech_like(16000 + 37 * k, 16000, seed=k) for k in range(3)]
+    block, counts = ext.frames_block(signals)
+    direct, direct_counts = LogMelExtractor(cfg).frames_block(signals)
+    assert counts == direct_counts and block.tobytes() == direct.tobytes()
+    assert block.shape == (sum(counts), 3, 40)
+
+
+def test_unknown_or_twice_registered_kinds_are_refused():
+    from serprep.errors import SerprepError
+    from serprep.features import FEATURE_KINDS, make_extractor, register_feature_kind
+
+    with pytest.raises(SerprepError, match="unknown feature kind 'mfcc'; this serprep knows logmel"):
+        make_extractor("mfcc", FeatureConfig())
+    with pytest.raises(RuntimeError, match="'logmel' is registered twice"):
+        register_feature_kind(FEATURE_KINDS["logmel"])
+    with pytest.raises(SerprepError, match="--n-mels 0"):  # the kind's own configuration check runs first
+        make_extractor("logmel", FeatureConfig(n_mels=0))

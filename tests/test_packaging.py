@@ -54,7 +54,7 @@ def test_installed_wheel_builds_a_store_outside_the_checkout(wheel, tmp_path):
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path)
     bin_ = venv / "bin"
-    _run([str(bin_ / "pip"), "install", "--quiet", str(wheel)], cwd=tmp_path, timeout=1800)
+    _run([str(bin_ / "pip"), "install", "--quiet", f"{wheel}[egemaps]"], cwd=tmp_path, timeout=1800)
     where = _run([str(bin_ / "python"), "-c", "import serprep, sertrain; print(serprep.__file__); print(sertrain.__file__)"],
                  cwd=tmp_path)
     assert all(str(venv) in line for line in where.split()), where
@@ -64,6 +64,9 @@ def test_installed_wheel_builds_a_store_outside_the_checkout(wheel, tmp_path):
           "--balance", "--jobs", "1", "-q"], cwd=tmp_path)
     _run([str(bin_ / "serprep"), "build", "iemocap", "--root", "corpus", "--protocol", "iemocap-5531",
           "--out", "p.h5", "--jobs", "1", "-q"], cwd=tmp_path)
+    _run([str(bin_ / "serprep"), "build", "iemocap", "--root", "corpus", "--out", "f.h5", "--functionals", "egemaps",
+          "--jobs", "1", "-q"], cwd=tmp_path)  # the egemaps extra brings a working openSMILE
+    _run([str(bin_ / "sertrain"), "baseline", "f.h5", "--out", "baseline", "--folds", "1"], cwd=tmp_path)
     info = _run([str(bin_ / "serprep"), "info", "aug.h5"], cwd=tmp_path)
     assert "augmentation  default" in info
     assert "iemocap-5531" in _run([str(bin_ / "serprep"), "info", "p.h5"], cwd=tmp_path)

@@ -32,7 +32,7 @@ def run(*args: str):
 
 
 def test_help_for_every_command():
-    for cmd in ([], ["cv"], ["train"], ["evaluate"], ["predict"]):
+    for cmd in ([], ["cv"], ["baseline"], ["train"], ["evaluate"], ["predict"]):
         result = run(*cmd, "--help")
         assert result.exit_code == 0 and "Usage:" in result.output
     assert "--aux" in run("cv", "--help").output and "--resume" in run("train", "--help").output

@@ -133,6 +133,8 @@ def test_pooling_too_deep_for_input_is_refused():
         (InputSpec(64, 300, feature_config_json=FeatureConfig(n_mels=64).to_json()), "n_mels 64 but the model was built for 40"),
         (InputSpec(40, 200, feature_config_json=FeatureConfig().to_json()), "200-frame segments but the model was built for 300"),
         (InputSpec(40, 300, feature_config_json=FeatureConfig(preemphasis=0.0).to_json()), "feature config mismatch: preemphasis"),
+        (InputSpec(40, 300, channels=1, feature_config_json=FeatureConfig().to_json()),
+         "store has 1 channels per frame but the model was built for 3"),
     ],
 )
 def test_check_input_spec_names_the_mismatch(store_spec, pattern):

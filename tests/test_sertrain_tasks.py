@@ -1,10 +1,10 @@
 """The task registry (sertrain.tasks), the dimensional tasks' metrics and loss, and the refusals.
 
-Stores with dimensional ratings: serprep is adding them (``segments()`` columns ``arousal``,
-``valence``, ``dominance``, float32 with NaN = missing, and ``StoreReader.dimension_scales()``).
-Until it does, :class:`RatedReader` below lays such columns over a real fixture store's reader
-exactly as that interface describes them. TEST HELPER: switch these tests to a store built with
-ratings once serprep writes them.
+Stores carry dimensional ratings (``segments()`` columns ``arousal``, ``valence``,
+``dominance``, float32 with NaN = missing, and ``StoreReader.dimension_scales()``). The cv grid
+test trains on a real store's ratings (the fixture corpus' summary lines); where a test needs
+chosen values (ratings off the scale, missing ones, a fixed seed's draw), :class:`RatedReader`
+lays them over a real fixture store's reader in that same form.
 """
 
 from __future__ import annotations
@@ -331,11 +331,11 @@ def test_aux_grid_with_vad_shows_ccc_in_the_cv_and_comparison_tables(tmp_path_fa
     reader = open_store(path)
     tables: list[str] = []
     try:
-        n = len(reader.segments())
-        rng = np.random.default_rng(0)
-        rated = RatedReader(reader, {d: rng.uniform(1, 5, n) for d in DIMENSIONS}, {d: (1.0, 5.0) for d in DIMENSIONS})
+        # The store's own ratings, as serprep wrote them (IEMOCAP's 1-5 scale, every segment rated).
+        assert reader.dimension_scales() == {d: (1.0, 5.0) for d in ("valence", "arousal", "dominance")}
+        assert not reader.segments()[list(DIMENSIONS)].isna().any().any()
         out = tmp_path_factory.mktemp("grid")
-        run_cv(rated, cfg, out, folds=[1, 2], aux_settings=["none", "gender+speaker+vad"], device="cpu",
+        run_cv(reader, cfg, out, folds=[1, 2], aux_settings=["none", "gender+speaker+vad"], device="cpu",
                report=tables.append, html=False, n_resamples=1000)
     finally:
         reader.close()

@@ -185,3 +185,123 @@ def test_typed_tables_read_back_as_the_reader_returns_them(tmp_path):
     with pytest.raises(StoreError, match=r"segment table columns differ in length \(\[1, 2\]\)"):
         SegmentTable(item=[0, 1], utt=[0], copy=[0], offset=[0], valid=[5], dense=[0], emotion=[0], gender=[0],
                      speaker=[0])
+
+
+def _one_segment(**dimensions) -> SegmentTable:
+    return SegmentTable(item=[0, 0], utt=[0, 0], copy=[0, 0], offset=[0, 2], valid=[3, 3], dense=[0, 0], emotion=[0, 0],
+                        gender=[0, 0], speaker=[0, 0], dimensions=dimensions)
+
+
+def _readable_store(path, segments: SegmentTable, scales, kind: str = "logmel", **root_attrs) -> None:
+    """A store StoreReader opens: one 5-frame item of ``kind``, ``segments`` and a build record."""
+    from serprep.config import SegmentConfig
+    from serprep.features import FEATURE_KINDS
+    from serprep.store import BuildRecord
+
+    writer = StoreWriter(path, FeatureConfig(), kind=kind)
+    writer.add_frames(0, 0, np.arange(5 * len(FEATURE_KINDS[kind].channels) * 40, dtype=np.float32).reshape(5, -1, 40))
+    writer.write_table("manifest", {"utt_id": ["u0"]})
+    writer.write_vocab(["ang"], ["s"])
+    writer.write_segments(segments, scales)
+    writer.write_record(BuildRecord(corpus="c", created="2026-01-01T00:00:00+00:00", versions={}, segment_config=SegmentConfig(),
+                                    build={}, label_manifest={}, corpus_fingerprint="f" * 64))
+    writer.set_attrs(**root_attrs)
+    writer.finalize()
+
+
+def test_rating_columns_and_their_scales_read_back(tmp_path):
+    """Rating columns come back float32, NaN kept, in DIMENSIONS order, with their scales."""
+    _readable_store(tmp_path / "s.h5", _one_segment(valence=[2.5, 2.5], arousal=[np.nan, np.nan]),
+                    {"valence": (1, 7), "arousal": (1, 7)})
+    r = StoreReader(tmp_path / "s.h5")
+    assert r.dimension_scales() == {"arousal": (1.0, 7.0), "valence": (1.0, 7.0)}
+    segs = r.segments()
+    assert list(segs.columns)[-2:] == ["arousal", "valence"] and segs.valence.dtype == np.float32
+    assert segs.valence.tolist() == [2.5, 2.5] and segs.arousal.isna().all()
+    assert verify(tmp_path / "s.h5") == []
+
+
+def test_rating_columns_need_their_scales_and_known_names(tmp_path):
+    writer = StoreWriter(tmp_path / "s.h5", FeatureConfig())
+    with pytest.raises(StoreError, match=r"scales given for \[\] but the segment table carries \['arousal'\]"):
+        writer.write_segments(_one_segment(arousal=[3.0, 3.0]))
+    with pytest.raises(StoreError, match=r"dimension 'arousal': scale \(5, 1\) needs finite low < high"):
+        writer.write_segments(_one_segment(arousal=[3.0, 3.0]), {"arousal": (5, 1)})
+    writer.abort()
+    with pytest.raises(StoreError, match="unknown dimension 'naturalness'"):
+        _one_segment(naturalness=[3.0, 3.0])
+    with pytest.raises(StoreError, match="carry different dimensions"):
+        SegmentTable.concat([_one_segment(arousal=[1, 2]), _one_segment()])
+    joined = SegmentTable.concat([_one_segment(arousal=[1, 2]), _one_segment(arousal=[3, np.nan])])
+    assert np.array_equal(joined.dimensions["arousal"], [1, 2, 3, np.nan], equal_nan=True)
+
+
+def test_a_rating_column_without_its_scale_is_refused(tmp_path):
+    """A store whose /segments holds a rating column the dimensions attribute does not scale
+    (checksums recomputed: not damage the table can see) is refused, not read unscaled."""
+    _readable_store(tmp_path / "s.h5", _one_segment(arousal=[3.0, 3.0]), {"arousal": (1, 5)}, dimensions="{}")
+    with pytest.raises(StoreError, match="/segments/arousal has no scale in the dimensions attribute"):
+        StoreReader(tmp_path / "s.h5")
+
+
+
+def test_the_store_says_what_its_frames_are(tmp_path):
+    _readable_store(tmp_path / "s.h5", _one_segment(), {})
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        assert f.attrs["feature_kind"] == "logmel"
+        assert json.loads(f.attrs["feature_channels"]) == ["static", "delta", "delta-delta"]
+    r = StoreReader(tmp_path / "s.h5")
+    assert (r.feature_kind, r.feature_channels, r.n_channels) == ("logmel", ("static", "delta", "delta-delta"), 3)
+
+
+def _one_channel_kind():
+    """A registered kind of one channel (the log-Mel static channel alone): a future kind."""
+    import dataclasses as dc
+
+    from serprep.features import FeatureKind, LogMelExtractor, check_feature_config
+
+    class StaticOnly(LogMelExtractor):
+        kind, channels = "static1", ("static",)
+
+        def frames_block(self, signals):
+            block, counts = super().frames_block(signals)
+            return np.ascontiguousarray(block[:, :1]), counts
+
+    return FeatureKind(name="static1", channels=("static",), extractor=StaticOnly, check_config=check_feature_config,
+                       description="test kind")
+
+
+def test_another_kind_is_read_with_its_channels_and_refused_once_unregistered(tmp_path, monkeypatch):
+    from serprep.features import FEATURE_KINDS, make_extractor
+    from sertrain.errors import InputError
+    from sertrain.model import InputSpec
+
+    monkeypatch.setitem(FEATURE_KINDS, "static1", _one_channel_kind())
+    assert make_extractor("static1", FeatureConfig()).frames(np.ones(1600, np.float32)).shape == (11, 1, 40)
+    path = tmp_path / "s.h5"
+    _readable_store(path, _one_segment(), {}, kind="static1")
+    r = StoreReader(path)
+    assert (r.feature_kind, r.n_channels) == ("static1", 1)
+    x, valid = r.read_segments([0, 1])
+    assert x.shape == (2, 1, 300, 40) and valid.tolist() == [3, 3]
+    np.testing.assert_array_equal(x[1, 0, :3], np.arange(5 * 40, dtype=np.float32).reshape(5, 40)[2:5])
+    with pytest.raises(InputError, match=r"store features are of kind 'static1' \(1 channels\); sertrain trains on logmel stores only"):
+        InputSpec.from_reader(r)
+    with pytest.raises(StoreError, match=r"does not match \[T, 1, 40\] \(static1 frames\)"):
+        StoreWriter(tmp_path / "t.h5", FeatureConfig(), kind="static1").add_frames(0, 0, np.ones((5, 3, 40), np.float32))
+    monkeypatch.delitem(FEATURE_KINDS, "static1")
+    with pytest.raises(StoreError, match=r"s.h5: store features are of kind 'static1': this serprep knows logmel; "):
+        StoreReader(path)
+
+
+def test_a_store_whose_channels_are_not_its_kinds_is_refused(tmp_path):
+    from serprep.store import root_digest
+
+    path = tmp_path / "s.h5"
+    _readable_store(path, _one_segment(), {})
+    with h5py.File(path, "r+") as f:  # as a writer of another channel order would have made it
+        f.attrs["feature_channels"] = json.dumps(["delta", "static", "delta-delta"])
+        f.attrs["attrs_sha256"] = root_digest(f.attrs)
+    with pytest.raises(StoreError, match=r"store logmel frames have channels \['delta', 'static', 'delta-delta'\], "
+                                         r"this serprep's logmel has \['static', 'delta', 'delta-delta'\]"):
+        StoreReader(path)

@@ -71,7 +71,17 @@ class CorpusInfo:
     read: Callable[[Path], CorpusListing]
     #: Dimensional ratings the reader keeps as manifest columns, and their scale.
     dimensions: tuple[str, ...] = ()
-    scale: str = ""
+    scale: str = ""  # "low-high", e.g. "1-5": the scale of every dimension above
+
+    def rating_scale(self) -> tuple[float, float] | None:
+        """``(low, high)`` of :attr:`scale`; None for a corpus without dimensional ratings."""
+        if not self.dimensions:
+            return None
+        try:
+            lo, hi = (float(x) for x in self.scale.split("-"))
+        except ValueError:
+            raise ValueError(f"corpus {self.name!r}: scale {self.scale!r} is not 'low-high'") from None
+        return lo, hi
 
 
 @lru_cache(maxsize=1)
