@@ -98,6 +98,19 @@ def no_folds_store(base: Path) -> Path:
     return out
 
 
+def unrated_store(base: Path) -> Path:
+    """A small EmoDB store: a corpus without dimensional ratings (no rating columns, empty
+    ``dimension_scales()``), for the refusals of the dimensional tasks."""
+    from corpus_fixtures import make_emodb
+
+    out = base / "unrated" / "feats.h5"
+    if not out.exists():
+        root = base / "unrated" / "emodb"
+        make_emodb(root, utts_per_speaker=4, corrupt=False)
+        build("emodb", root, out)
+    return out
+
+
 def mels64_store(base: Path) -> Path:
     """A small store with 64 mel bands (for feature-config mismatch tests)."""
     from corpus_fixtures import make_iemocap

@@ -160,7 +160,8 @@ class RatedReader:
         return getattr(self._reader, name)
 
     def segments(self) -> pd.DataFrame:
-        seg = self._reader.segments().copy()
+        # Only the chosen ratings: the store's own columns (if any) are replaced.
+        seg = self._reader.segments().drop(columns=list(DIMENSIONS), errors="ignore")
         for name, values in self._ratings.items():
             seg[name] = np.asarray(values, dtype=np.float32)
         return seg
@@ -232,15 +233,22 @@ def test_batches_carry_the_registry_targets(tmp_path_factory):
         arousal[::3] = np.nan
         rated = RatedReader(reader, {"arousal": arousal}, {"arousal": (1.0, 5.0)})
         labels = SegmentLabels.from_reader(rated)
-        plain = SegmentLabels.from_reader(reader)
+        unrated = RatedReader(reader, {}, {})  # a store without ratings (e.g. EmoDB, or schema 2)
+        plain = SegmentLabels.from_reader(unrated)
         assert plain.dimensions == {} and list(labels.dimensions) == ["arousal"]
+        # The store's own ratings (IEMOCAP, 1-5) reach the labels scaled to [0, 1].
+        own = SegmentLabels.from_reader(reader)
+        seg = reader.segments()
+        assert sorted(own.dimensions) == sorted(DIMENSIONS)
+        for dim in DIMENSIONS:
+            np.testing.assert_allclose(own.dimensions[dim], (seg[dim].to_numpy(np.float64) - 1) / 4, rtol=1e-6)
         spk = speaker_map(list(reader.vocab("speaker")), list(reader.vocab("speaker"))[:3])
         ds = SegmentBatchDataset(rated, labels, np.zeros((3, 40)), np.ones((3, 40)), spk)
         idx = np.arange(min(n, 6))
         batch = ds.labels_for(idx)
         assert list(batch) == ["emotion", "gender", "speaker", "arousal", "segment", "utt"]
         np.testing.assert_allclose(batch["arousal"].numpy(), (arousal[idx] - 1) / 4)
-        assert list(SegmentBatchDataset(reader, plain, np.zeros((3, 40)), np.ones((3, 40)), spk).labels_for(idx)) \
+        assert list(SegmentBatchDataset(unrated, plain, np.zeros((3, 40)), np.ones((3, 40)), spk).labels_for(idx)) \
             == ["emotion", "gender", "speaker", "segment", "utt"]
     finally:
         reader.close()
@@ -253,16 +261,17 @@ def test_training_with_vad_as_auxiliary_tasks(tmp_path_factory):
     from sertrain.checkpoint import load_checkpoint
     from sertrain.data import open_store
     from sertrain.train import train_fold
-    from sertrain_fixtures import learnable_store, store_base
+    from sertrain_fixtures import learnable_store, store_base, unrated_store
 
     path = learnable_store(store_base(tmp_path_factory), utts_per_speaker=4)
+    unrated = unrated_store(store_base(tmp_path_factory))
     cfg = apply_overrides(load_config("cpu-small"), {
         "loss.aux": "gender+speaker+vad", "train.num_workers": 0, "train.epochs": 1, "train.steps_per_epoch": 2,
         "train.batch_size": 8})
     reader = open_store(path)
     try:
-        with pytest.raises(InputError, match=f"^{path}: --aux gender\\+speaker\\+vad asks for"):
-            train_fold(path, 1, cfg, tmp_path_factory.mktemp("refused"), device="cpu")
+        with pytest.raises(InputError, match=f"^{unrated}: --aux gender\\+speaker\\+vad asks for"):
+            train_fold(unrated, 1, cfg, tmp_path_factory.mktemp("refused"), device="cpu")
         n = len(reader.segments())
         rng = np.random.default_rng(0)
         ratings = {"arousal": rng.uniform(1, 5, n), "valence": rng.uniform(1, 5, n)}
@@ -297,9 +306,9 @@ def test_cli_refuses_vad_on_a_store_without_ratings_and_unknown_tasks(tmp_path_f
     from click.testing import CliRunner
 
     from sertrain.cli import main
-    from sertrain_fixtures import assert_one_line_error, learnable_store, store_base
+    from sertrain_fixtures import assert_one_line_error, store_base, unrated_store
 
-    path = learnable_store(store_base(tmp_path_factory), utts_per_speaker=4)
+    path = unrated_store(store_base(tmp_path_factory))
     out = tmp_path_factory.mktemp("cli_vad")
     fast = ["--epochs", "1", "--num-workers", "0", "--device", "cpu", "--config", "cpu-small"]
     ran = CliRunner().invoke(main, ["train", str(path), "--fold", "1", "--out", str(out / "t"), "--aux",
