@@ -20,7 +20,6 @@ folds compares with it pairwise (``sertrain compare``, ``sertrain cv --baseline`
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import pandas as pd
 
 from .errors import InputError
 from .metrics import classification_metrics
+from .results import read_metrics_json
 
 #: The C values tried on the validation speakers: 1e-4 .. 1e1.
 C_GRID: tuple[float, ...] = tuple(float(10.0**k) for k in range(-4, 2))
@@ -232,12 +232,7 @@ def model_name(model: str) -> str:
 def load_baseline(path: str | Path) -> dict[str, Any]:
     """A ``sertrain baseline`` folder's metrics.json (one-line error if it is not one)."""
     metrics_path = Path(path) / "metrics.json"
-    try:
-        metrics = json.loads(metrics_path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{metrics_path}: no such file (is {path} a `sertrain baseline` folder?)") from None
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{metrics_path}: unreadable ({exc})") from None
+    metrics = read_metrics_json(metrics_path, "a `sertrain baseline` folder")
     if not isinstance(metrics, dict) or "baseline" not in metrics:
         raise InputError(f"{metrics_path}: not a `sertrain baseline` result")
     return metrics

@@ -9,7 +9,6 @@ utterances and, separately, over test speakers (:mod:`sertrain.stats`).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,8 @@ from typing import Any
 import pandas as pd
 
 from .errors import InputError
-from .results import COMPARE_FORMAT, CV_FORMAT, N_RESAMPLES, PooledPredictions, pooled_estimates
+from .results import (COMPARE_FORMAT, CV_FORMAT, N_RESAMPLES, PooledPredictions, pooled_estimates,
+                      read_metrics_json)
 
 #: Permutations of the paired test (p-values down to ~1e-4).
 N_PERMUTATIONS = 10000
@@ -40,12 +40,7 @@ def load_run(path: str | Path) -> CVRun:
         raise InputError(f"{folder}: no such run folder")
     if (folder / "comparison.json").exists() and not metrics_path.exists():
         raise InputError(f"{folder} is an ablation grid: compare one setting's folder, e.g. {folder}/none")
-    try:
-        metrics = json.loads(metrics_path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{metrics_path}: no such file (is {folder} a finished `sertrain cv` run?)") from None
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{metrics_path}: unreadable ({exc})") from None
+    metrics = read_metrics_json(metrics_path, "a finished `sertrain cv` run")
     if not isinstance(metrics, dict) or metrics.get("format") != CV_FORMAT:
         found = metrics.get("format") if isinstance(metrics, dict) else None
         raise InputError(f"{metrics_path}: not a cv result of format {CV_FORMAT} (found {found!r}); "

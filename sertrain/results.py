@@ -16,8 +16,11 @@ Statistics, stated wherever they are printed:
 
 from __future__ import annotations
 
+import json
+
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -262,3 +265,14 @@ def _mean_finite(values: Sequence[float | None]) -> float | None:
     arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
     arr = arr[np.isfinite(arr)]
     return float(arr.mean()) if arr.size else None
+
+
+def read_metrics_json(metrics_path: Path, folder_is: str) -> Any:
+    """The parsed ``metrics.json`` at ``metrics_path``; a one-line :class:`InputError` when it is
+    missing (saying what its folder should be: ``folder_is``) or unreadable."""
+    try:
+        return json.loads(metrics_path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{metrics_path}: no such file (is {metrics_path.parent} {folder_is}?)") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{metrics_path}: unreadable ({exc})") from None

@@ -124,6 +124,16 @@ def mels64_store(base: Path) -> Path:
     return out
 
 
+def small_cfg(**overrides):
+    """The cpu-small config for fast in-process runs: no loader workers, no early stopping,
+    and ``overrides`` (dotted keys)."""
+    from sertrain.config import apply_overrides, load_config
+
+    base = {"train.num_workers": 0, "train.patience": 0}
+    base.update(overrides)
+    return apply_overrides(load_config("cpu-small"), base)
+
+
 def store_base(tmp_path_factory) -> Path:
     """One folder per pytest session shared by all sertrain test modules."""
     base = tmp_path_factory.getbasetemp() / "sertrain_stores"

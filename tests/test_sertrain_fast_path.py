@@ -25,22 +25,16 @@ import sertrain.cache as cache_mod
 import sertrain.train as train_mod
 from sertrain.cache import fold_cache
 from sertrain.checkpoint import load_checkpoint
-from sertrain.config import apply_overrides, load_config
+from sertrain.config import load_config
 from sertrain.data import BalancedBatchSampler, SegmentBatchDataset, SegmentLabels, make_loader, speaker_map
 from sertrain.errors import InputError, SertrainError
 from sertrain.model import InputSpec, build_model, forward_macs, training_flops
 from sertrain.runtime import resolve_precision, seed_everything
 from sertrain.train import _labels_to_device, _train_epoch, make_optimizer, train_fold
-from sertrain_fixtures import learnable_store, store_base
+from sertrain_fixtures import learnable_store, small_cfg, store_base
 
 STATS = ("train_loss", "train_loss_emotion", "train_loss_gender", "train_loss_speaker", "train_acc")
 HISTORY = STATS + ("val_loss", "val_ua", "val_wa", "val_f1", "lr", "epoch")
-
-
-def small_cfg(**overrides):
-    base = {"train.num_workers": 0, "train.patience": 0}
-    base.update(overrides)
-    return apply_overrides(load_config("cpu-small"), base)
 
 
 @pytest.fixture(scope="module")

@@ -14,22 +14,15 @@ import pytest
 import torch
 
 from sertrain.checkpoint import load_checkpoint
-from sertrain.config import apply_overrides, load_config
 from sertrain.errors import InputError
 from sertrain.evaluate import evaluate_checkpoint
 from sertrain.predict import predict_files
 from sertrain.train import multitask_loss, train_fold
-from sertrain_fixtures import learnable_store, mels64_store, store_base
+from sertrain_fixtures import learnable_store, mels64_store, small_cfg, store_base
 
 #: The stated bar: best-validation checkpoint after 5 short epochs (~40 optimiser steps),
 #: utterance-level UA on the held-out session's two speakers.
 MIN_TEST_UA = 0.75
-
-
-def small_cfg(**overrides):
-    base = {"train.num_workers": 0, "train.patience": 0}
-    base.update(overrides)
-    return apply_overrides(load_config("cpu-small"), base)
 
 
 @pytest.fixture(scope="module")
