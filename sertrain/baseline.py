@@ -182,6 +182,9 @@ def run_baseline(store: str | Path, out_dir: str | Path, *, scheme: str = "loso"
     reader = open_store(store)
     where = str(store)
     try:
+        if FUNCTIONALS not in reader.functional_sets():  # a usable store, asked for what it lacks: exit 2
+            raise InputError(f"{where}: store has no {FUNCTIONALS!r} functionals (build it with serprep build ... "
+                             f"--functionals {FUNCTIONALS})")
         functionals = reader.functionals(FUNCTIONALS)
         available = fold_ids(reader, scheme, where)
         chosen = list(folds) if folds else available

@@ -124,7 +124,7 @@ def test_cli_prints_the_cv_table_and_refuses_a_store_without_functionals(demo_st
     plain = tmp_path / "plain.h5"
     build("iemocap", demo_store.parent / "corpus", plain)
     result = runner.invoke(main, ["baseline", str(plain), "--out", str(tmp_path / "c")])
-    assert_one_line_error(result, 1, f"{plain}: store has no 'egemaps' functionals (build it with serprep build ... "
+    assert_one_line_error(result, 2, f"{plain}: store has no 'egemaps' functionals (build it with serprep build ... "
                                      "--functionals egemaps)")
     result = runner.invoke(main, ["baseline", str(demo_store), "--c-grid", "0,1"])
     assert_one_line_error(result, 2, "--c-grid expects positive numbers")
