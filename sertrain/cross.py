@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from serprep.store import UNKNOWN_SPEAKER_PREFIX, Fold, is_known_speaker
+from serprep.store import DIMENSIONS, UNKNOWN_SPEAKER_PREFIX, Fold, is_known_speaker
 
 from .checkpoint import load_checkpoint, store_content_id
 from .config import Config, apply_overrides
@@ -236,7 +236,10 @@ class StoreUnion:
         seg_parts, man_parts, speakers = [], [], []
         seg_off, utt_off, spk_off = [0], [0], [0]
         for s, (reader, label) in enumerate(zip(self.readers, self.labels)):
-            seg = reader.segments()
+            # Dimensional ratings stay out of a union: each corpus rates on its own scale
+            # (IEMOCAP 1-5, MSP-Podcast 1-7) and cross-corpus dimensional targets are not
+            # supported yet, so a union has none (dimension_scales() is empty; --aux vad is refused).
+            seg = reader.segments().drop(columns=list(DIMENSIONS), errors="ignore")
             man = reader.manifest()
             vocab = [union_speaker(label, str(v)) for v in reader.vocab("speaker")]
             seg = seg.assign(utt=seg["utt"].to_numpy(np.int64) + utt_off[-1],
@@ -306,6 +309,10 @@ class StoreUnion:
         """The stores' segment tables back to back (row = global segment id), with global
         ``utt`` and ``speaker`` ids and a ``store`` column."""
         return self._segments.copy()
+
+    def dimension_scales(self) -> dict[str, tuple[float, float]]:
+        """None: a union carries no dimensional ratings (see :meth:`__init__`)."""
+        return {}
 
     def manifest(self) -> pd.DataFrame:
         """The stores' utterance tables back to back (row = global utterance id): utt_id,

@@ -99,8 +99,12 @@ def test_union_reads_what_each_store_reads(stores):
         reader, local = (a, g) if g < a.n_segments else (b, g - a.n_segments)
         xs, vs = reader.read_segments([local])
         assert valid[row] == vs[0] and np.array_equal(x[row], xs[0])
-    # Labels, utterances and speakers map to the store's own.
+    # Labels, utterances and speakers map to the store's own; the stores' ratings (each on its
+    # corpus' scale) stay out of the union.
+    assert a.dimension_scales() and b.dimension_scales()
+    assert union.dimension_scales() == {} and not set(union.segments().columns) & {"arousal", "valence", "dominance"}
     labels = SegmentLabels.from_reader(union)
+    assert labels.dimensions == {}
     seg_b, man_b = b.segments(), b.manifest()
     g = int(idx[idx >= a.n_segments][0])
     local = g - a.n_segments
@@ -318,6 +322,11 @@ def test_feature_mismatch_names_the_key(stores, tmp_path):
                               tmp_path / "o", *FAST), 2, "none.h5: store not found")
     assert_one_line_error(run("cross", "--train", stores["iemo"], "--test", stores["msp"], "--out", tmp_path / "o",
                               "--validation-share", "1", *FAST), 2, "--validation-share")
+    # Both stores rate arousal/valence/dominance, each on its corpus' scale; a union carries none yet.
+    result = run("cross", "--train", stores["iemo"], "--test", stores["msp"], "--out", tmp_path / "o",
+                 "--aux", "gender+speaker+vad", *FAST)
+    assert_one_line_error(result, 2, "--aux gender+speaker+vad asks for arousal+valence+dominance but the store has "
+                                     "no dimensional ratings")
     assert not (tmp_path / "o").exists()
 
 
