@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--hours", type=float, default=1.0)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/serprep-bench-functionals"))
+    parser.add_argument("--workdir", type=Path, default=REPO / "bench_out" / "functionals")
     args = parser.parse_args()
     corpus = args.workdir / f"demo-{args.hours:g}h"
     if not (corpus / ".complete").exists():
